@@ -1,0 +1,52 @@
+"""Durable, event-driven functions for Celery: checkpointed steps in Redis, event fan-out,
+cron through beat, and per-function retries."""
+
+from .errors import (
+    ConfigurationError,
+    DuplicateFunctionError,
+    FanoutError,
+    InvalidEventError,
+    InvalidStepError,
+    LeaseLostError,
+    NestedStepError,
+    NonRetriableError,
+    RetryAfterError,
+    RunTimeoutError,
+    StepError,
+    StepOutputError,
+    TooManyStepsError,
+    UnknownFunctionError,
+)
+from .events import Event
+from .fanout import Fanout
+from .function import Function
+from .retry import RetryPolicy
+from .runs import Run, StepRecord
+from .step import Context, Step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "Context",
+    "DuplicateFunctionError",
+    "Event",
+    "Fanout",
+    "FanoutError",
+    "Function",
+    "InvalidEventError",
+    "InvalidStepError",
+    "LeaseLostError",
+    "NestedStepError",
+    "NonRetriableError",
+    "RetryAfterError",
+    "Run",
+    "RunTimeoutError",
+    "Step",
+    "StepError",
+    "StepOutputError",
+    "StepRecord",
+    "TooManyStepsError",
+    "UnknownFunctionError",
+    "__version__",
+]

@@ -1,0 +1,211 @@
+"""Running one attempt of a run: take the lease, replay, execute, then park or finish."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ConfigurationError,
+    InvalidEventError,
+    InvalidStepError,
+    LeaseLostError,
+    NonRetriableError,
+    StepError,
+    Suspend,
+)
+from .events import FUNCTION_FAILED, FUNCTION_FINISHED, derived_id, dumps, now_ms
+from .retry import retry_at_ms
+from .step import Context, error_info
+
+if TYPE_CHECKING:
+    from .fanout import Fanout
+    from .function import FunctionDef
+    from .settings import Settings
+
+logger = logging.getLogger("fanout.execution")
+
+# Errors that will fail the same way on every attempt: retrying them is pointless.
+PERMANENT = (NonRetriableError, StepError, InvalidStepError, InvalidEventError,
+             ConfigurationError)
+
+
+class LeaseKeeper:
+    """Renews the leases of the runs executing in this process, from one thread."""
+
+    def __init__(self, fanout: Fanout) -> None:
+        self._fanout = fanout
+        self._held: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._wake = threading.Event()
+
+    def hold(self, run_id: str, token: str) -> None:
+        with self._lock:
+            self._held[run_id] = token
+            if self._pid != os.getpid():  # first use, or first use after a fork
+                self._pid = os.getpid()
+                threading.Thread(target=self._loop, name="fanout-lease", daemon=True).start()
+
+    def release(self, run_id: str) -> None:
+        with self._lock:
+            self._held.pop(run_id, None)
+
+    def _loop(self) -> None:
+        pid = os.getpid()
+        while self._pid == pid:
+            settings = self._fanout.settings
+            self._wake.wait(settings.lease_seconds / 3)
+            with self._lock:
+                held = list(self._held.items())
+            if not held:
+                continue
+            try:
+                self._fanout.store.renew(held, now_ms() + int(settings.lease_seconds * 1000))
+            except Exception:  # Redis briefly away: the next round tries again
+                logger.warning("lease: renewal failed", exc_info=True)
+
+
+class Execution:
+    """State of one attempt of one run while its handler executes."""
+
+    def __init__(self, fanout: Fanout, function: FunctionDef, run_id: str, token: str,
+                 run: dict[str, str], steps: dict[str, str]) -> None:
+        self.fanout = fanout
+        self.function = function
+        self.run_id = run_id
+        self.token = token
+        self.run = run
+        self.memo: dict[str, dict[str, Any]] = {k: json.loads(v) for k, v in steps.items()}
+        self.events: list[dict[str, Any]] = json.loads(run.get("events", "[]"))
+        self.body_attempt = int(run.get("attempt", 0))
+        self.log = logging.LoggerAdapter(logger, {"run_id": run_id})
+        self._seq = max((int(r.get("seq", 0)) for r in self.memo.values()), default=-1) + 1
+        # Memoized steps not yet reached in this replay: ctx.logger is silent until then.
+        self._pending_replay = sum(1 for r in self.memo.values() if r["status"] != "retrying")
+
+    @property
+    def settings(self) -> Settings:
+        return self.fanout.settings
+
+    @property
+    def replaying(self) -> bool:
+        return self._pending_replay > 0
+
+    def replayed(self, key: str) -> None:
+        self._pending_replay -= 1
+
+    def replay_done(self) -> None:
+        self._pending_replay = 0
+
+    def next_seq(self) -> int:
+        seq = self._seq
+        self._seq += 1
+        return seq
+
+    def lease_exp(self) -> int:
+        return now_ms() + int(self.settings.lease_seconds * 1000)
+
+    def checkpoint(self, key: str, encoded: str, record: dict[str, Any]) -> None:
+        if not self.fanout.store.commit(self.run_id, self.token, "step", step_key=key,
+                                        step_json=encoded, ms=self.lease_exp()):
+            raise LeaseLostError(f"run {self.run_id} lost its lease before step {key!r}")
+        self.memo[key] = record
+
+    def park(self, status: str, wake_at: int | None, step: tuple[str, str, Any] | None = None,
+             **fields: str) -> None:
+        key, encoded = (step[0], step[1]) if step else ("", "")
+        if not self.fanout.store.commit(
+            self.run_id, self.token, "park", step_key=key, step_json=encoded,
+            ms="" if wake_at is None else wake_at, fields={"status": status, **fields},
+        ):
+            raise LeaseLostError(f"run {self.run_id} lost its lease while parking")
+
+    def finish(self, status: str, **fields: str) -> None:
+        retention = int(self.settings.retention * 1000)
+        if not self.fanout.store.commit(
+            self.run_id, self.token, "finish", ms=retention,
+            fields={"status": status, "ended_at": str(now_ms()), **fields},
+        ):
+            raise LeaseLostError(f"run {self.run_id} lost its lease while finishing")
+
+    # -- the attempt ---------------------------------------------------------------
+    def execute(self) -> str:
+        """Call the handler from the top; returns the status the run was left in."""
+        ctx = Context(self)
+        try:
+            output = self.function.handler(ctx)
+        except Suspend as sus:
+            self.park(sus.status, sus.wake_at_ms, sus.step)
+            return sus.status
+        except LeaseLostError:
+            raise
+        except PERMANENT as exc:
+            return self._fail(exc)
+        except Exception as exc:
+            policy = self.function.retry_policy
+            if self.body_attempt >= policy.max_retries:
+                return self._fail(exc)
+            wake = retry_at_ms(policy, self.body_attempt + 1, now_ms(), exc)
+            self.log.info("run %s: handler raised %r; retry %d in %.2fs", self.run_id, exc,
+                          self.body_attempt + 1, (wake - now_ms()) / 1000)
+            self.park("queued", wake, attempt=str(self.body_attempt + 1),
+                      error=dumps(error_info(exc)))
+            return "queued"
+        try:
+            encoded = dumps(output)
+        except (TypeError, ValueError) as exc:
+            return self._fail(InvalidStepError(
+                f"function {self.function.function_id!r} returned a value that is not JSON: "
+                f"{exc}"))
+        self._emit(FUNCTION_FINISHED, {"output": output})
+        self.finish("completed", output=encoded, error="")
+        return "completed"
+
+    def _fail(self, exc: BaseException) -> str:
+        info = error_info(exc)
+        if isinstance(exc, StepError):
+            info = {**exc.error, "step": exc.step_id}
+        self.log.warning("run %s of %s failed: %s: %s", self.run_id, self.function.function_id,
+                         info["type"], info["message"])
+        self._emit(FUNCTION_FAILED, {"error": info})
+        self.finish("failed", error=dumps(info))
+        return "failed"
+
+    def _emit(self, name: str, data: dict[str, Any]) -> None:
+        # Sent before the run is marked final, with an id derived from the run: a crash in
+        # between replays the run and sends the same event again, which starts nothing new.
+        payload = {"function_id": self.function.function_id, "run_id": self.run_id,
+                   "event": self.events[0] if self.events else None, **data}
+        self.fanout.send_system(
+            {"name": name, "data": payload, "id": derived_id(self.run_id, name)},
+            parent=(self.run_id, ""),
+        )
+
+
+def run_attempt(fanout: Fanout, function: FunctionDef, run_id: str) -> str:
+    """Execute one attempt of ``run_id``; the body of every function's Celery task."""
+    store = fanout.store
+    token = uuid.uuid4().hex
+    now = now_ms()
+    started = store.start(run_id, token, now, now + int(fanout.settings.lease_seconds * 1000))
+    if started.kind != "ok":
+        # done: a duplicate of a finished run; busy: executing elsewhere (if that worker
+        # dies, its lease expires and the pump re-enqueues the run); early: a timer's
+        # message arrived before its time and the timer was put back.
+        logger.debug("run %s: not started (%s %s)", run_id, started.kind, started.info)
+        if started.kind == "missing":
+            logger.warning("run %s: no such run (expired or never created)", run_id)
+        return started.kind
+    fanout.leases.hold(run_id, token)
+    try:
+        return Execution(fanout, function, run_id, token, started.run, started.steps).execute()
+    except LeaseLostError as exc:
+        logger.warning("%s; another worker resumes it", exc)
+        return "lease-lost"
+    finally:
+        fanout.leases.release(run_id)

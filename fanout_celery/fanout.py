@@ -1,0 +1,320 @@
+"""``Fanout``: the extension bound to one Celery app."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from celery import Celery
+
+from .cron import parse_cron
+from .errors import (
+    ConfigurationError,
+    DuplicateFunctionError,
+    InvalidEventError,
+    RunTimeoutError,
+    UnknownFunctionError,
+)
+from .events import (
+    FUNCTION_FAILED,
+    FUNCTION_INVOKED,
+    derived_id,
+    new_id,
+    now_ms,
+    prepare,
+    prepare_batch,
+)
+from .execution import LeaseKeeper, run_attempt
+from .function import (
+    Function,
+    FunctionDef,
+    as_list,
+    check_events,
+    check_function_id,
+    check_handler,
+    check_task_options,
+)
+from .retry import RetryPolicy
+from .routing import Router, Subscription
+from .runs import FINAL, Run
+from .settings import Settings
+from .store.redis import NewRun, RedisStore
+
+logger = logging.getLogger("fanout")
+
+_INSTANCES: weakref.WeakKeyDictionary[Celery, Fanout] = weakref.WeakKeyDictionary()
+# Runs are created and published in chunks of this many: one pipeline per chunk.
+CHUNK = 500
+
+
+def fanout_for(app: Celery) -> Fanout | None:
+    """The ``Fanout`` bound to ``app``, if any."""
+    return _INSTANCES.get(app)
+
+
+class Fanout:
+    """Durable, event-driven functions for one Celery app.
+
+    Settings come from ``app.conf.fanout_*``; ``redis_url`` and ``key_prefix`` override
+    them. Functions are registered as Celery tasks on ``app``, and a timer pump runs in
+    every worker of the app.
+    """
+
+    def __init__(self, app: Celery, *, redis_url: str | None = None,
+                 key_prefix: str | None = None) -> None:
+        if app in _INSTANCES:
+            raise ConfigurationError("this Celery app already has a Fanout; create one per app")
+        self.app = app
+        self._overrides = {"redis_url": redis_url, "key_prefix": key_prefix}
+        self._settings: Settings | None = None
+        self._store: RedisStore | None = None
+        self._lock = threading.Lock()
+        self.functions: dict[str, FunctionDef] = {}
+        self.tasks: dict[str, Function] = {}
+        self.router = Router(lambda: self.store.load_subscriptions())
+        self.leases = LeaseKeeper(self)
+        self._published = False
+        from .timers import PumpStep
+
+        app.steps["worker"].add(PumpStep)
+        _INSTANCES[app] = self
+
+    def __repr__(self) -> str:
+        return f"<Fanout app={self.app.main!r} functions={len(self.functions)}>"
+
+    # -- configuration (resolved on first use, so app.conf may be set after) --------
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.from_app(self.app, **self._overrides)
+        return self._settings
+
+    @property
+    def store(self) -> RedisStore:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    s = self.settings
+                    self._store = RedisStore(s.redis_url, s.key_prefix)
+        return self._store
+
+    # -- declaring functions -------------------------------------------------------
+    def function(self, id: str, *, event: str | Sequence[str] | None = None,
+                 cron: str | Sequence[str] | None = None,
+                 retries: int | RetryPolicy = 4,
+                 on_failure: Callable[..., Any] | None = None,
+                 name: str | None = None, queue: str | None = None,
+                 **task_options: Any) -> Callable[[Callable[..., Any]], Function]:
+        """Declare a durable function triggered by ``event`` and/or ``cron``.
+
+        The decorated handler takes one argument, ``ctx``. Returns the registered
+        Celery task (``fanout.<id>`` unless ``name`` is given).
+        """
+        check_function_id(id)
+        events = check_events(as_list(event, "event"))
+        crons = tuple(parse_cron(c).text for c in as_list(cron, "cron"))
+        policy = RetryPolicy.coerce(retries)
+        check_task_options(task_options, id)
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ConfigurationError(f"function {id!r}: queue must be a non-empty string")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigurationError(f"function {id!r}: name must be a non-empty string")
+        if id in self.functions:
+            raise DuplicateFunctionError(f"a function with id {id!r} is already declared")
+        if on_failure is not None:
+            check_handler(on_failure, f"{id}-failure")
+            if f"{id}-failure" in self.functions:
+                raise DuplicateFunctionError(f"a function with id {id}-failure already exists")
+
+        def decorator(handler: Callable[..., Any]) -> Function:
+            check_handler(handler, id)
+            definition = FunctionDef(
+                function_id=id, handler=handler, events=events, crons=crons,
+                retry_policy=policy, task_name=name or f"fanout.{id}", queue=queue or "",
+                on_failure=f"{id}-failure" if on_failure else None,
+            )
+            task = self._register(definition, task_options)
+            if on_failure is not None:
+                self._register(FunctionDef(
+                    function_id=f"{id}-failure", handler=on_failure,
+                    events=(FUNCTION_FAILED,), retry_policy=policy,
+                    task_name=f"fanout.{id}-failure", queue=queue or "",
+                    where=(("data.function_id", id),),
+                ), {})
+            return task
+
+        return decorator
+
+    def _register(self, definition: FunctionDef, task_options: dict[str, Any]) -> Function:
+        if definition.function_id in self.functions:
+            raise DuplicateFunctionError(
+                f"a function with id {definition.function_id!r} is already declared")
+        if definition.task_name in self.app.tasks:
+            raise DuplicateFunctionError(
+                f"a Celery task named {definition.task_name!r} already exists")
+        fanout = self
+
+        def run(task: Function, run_id: str, *args: Any, **meta: Any) -> str:
+            return run_attempt(fanout, definition, run_id)
+
+        run.__name__ = definition.function_id
+        run.__doc__ = definition.handler.__doc__
+        run.__module__ = definition.handler.__module__
+        options: dict[str, Any] = dict(task_options)
+        if definition.queue:
+            options["queue"] = definition.queue
+        task: Function = self.app.task(
+            run, name=definition.task_name, base=Function, bind=True, lazy=False,
+            fanout=self, definition=definition, **options,
+        )
+        self.functions[definition.function_id] = definition
+        self.tasks[definition.function_id] = task
+        self.router.add(definition.subscription())
+        self._published = False
+        return task
+
+    def publish_subscriptions(self) -> None:
+        """Publish this process's subscriptions, so processes without them can route."""
+        self.store.publish_subscriptions(
+            {fid: d.subscription().dumps() for fid, d in self.functions.items()})
+        self._published = True
+
+    # -- sending -------------------------------------------------------------------
+    def send(self, events: Any) -> list[str]:
+        """Publish one event or a list of them; every subscribed function gets one run
+        per event. Returns the event ids. A batch with one bad event sends none."""
+        records = prepare_batch(events, max_bytes=self.settings.max_event_bytes)
+        return self._dispatch(records, parent=None)
+
+    def send_from_step(self, events: Any, id_for: Callable[[int], str],
+                       parent: tuple[str, str]) -> list[str]:
+        records = prepare_batch(events, max_bytes=self.settings.max_event_bytes, id_for=id_for)
+        return self._dispatch(records, parent=parent)
+
+    def send_system(self, event: dict[str, Any], parent: tuple[str, str]) -> None:
+        record = prepare(event, max_bytes=self.settings.max_event_bytes * 4, allow_system=True)
+        if self.router.subscribers(record):
+            self._dispatch([record], parent=parent)
+
+    def _dispatch(self, records: list[dict[str, Any]], parent: tuple[str, str] | None,
+                  only: Subscription | None = None) -> list[str]:
+        if self.functions and not self._published:
+            self.publish_subscriptions()
+        s = self.settings
+        keep_events = int(max(s.retention, s.event_dedupe_window) * 1000)
+        for start in range(0, len(records), CHUNK):
+            chunk = records[start:start + CHUNK]
+            now = now_ms()
+            runs: list[NewRun] = []
+            for record in chunk:
+                subs = [only] if only else self.router.subscribers(record)
+                for sub in subs:
+                    runs.append(self._new_run(sub, [record], now, parent))
+            created = self.store.create_runs(
+                runs, chunk, now, now + int(s.lease_seconds * 1000), keep_events)
+            fresh = [run for run, made in zip(runs, created, strict=True) if made]
+            self._publish(fresh)
+            self.store.confirm_dispatched([run.run_id for run in fresh])
+        return [r["id"] for r in records]
+
+    def _new_run(self, sub: Subscription, records: list[dict[str, Any]], now: int,
+                 parent: tuple[str, str] | None) -> NewRun:
+        run_id = derived_id(sub.function_id, records[0]["id"])
+        fields = {
+            "function": sub.function_id, "task": sub.task, "queue": sub.queue,
+            "status": "queued", "created_at": str(now), "attempt": "0",
+            "events": json.dumps(records, separators=(",", ":")),
+        }
+        if parent is not None:
+            fields["parent_run_id"], fields["parent_step_id"] = parent
+        return NewRun(run_id=run_id, function_id=sub.function_id,
+                      event_ids=[r["id"] for r in records], fields=fields)
+
+    def _publish(self, runs: Sequence[NewRun]) -> None:
+        if not runs:
+            return
+        with self.app.producer_or_acquire() as producer:
+            for run in runs:
+                self.publish_run(run.run_id, run.fields["task"], run.fields["queue"], producer)
+
+    def publish_run(self, run_id: str, task: str, queue: str, producer: Any = None) -> None:
+        """Put one run's task message on the broker."""
+        options: dict[str, Any] = {"producer": producer} if producer is not None else {}
+        if queue:
+            options["queue"] = queue
+        self.app.send_task(task, args=[run_id], serializer="json", **options)
+
+    # -- runs ----------------------------------------------------------------------
+    def invoke(self, function: Function | str, data: dict[str, Any] | None = None) -> str:
+        """Start a run of ``function`` now (also for cron functions); returns its run id."""
+        fid = function if isinstance(function, str) else getattr(function, "function_id", None)
+        if not isinstance(fid, str):
+            raise UnknownFunctionError(f"expected a fanout function or its id, got {function!r}")
+        sub = self.functions[fid].subscription() if fid in self.functions \
+            else self.router.all().get(fid)
+        if sub is None:
+            raise UnknownFunctionError(f"no function with id {fid!r} is declared or published")
+        if data is not None and not isinstance(data, dict):
+            raise InvalidEventError(f"invoke data must be a dict, not {type(data).__name__}")
+        record = prepare({"name": FUNCTION_INVOKED, "data": data or {}, "id": new_id()},
+                         max_bytes=self.settings.max_event_bytes, allow_system=True)
+        self._dispatch([record], parent=None, only=sub)
+        return derived_id(fid, record["id"])
+
+    def get_run(self, run_id: str) -> Run | None:
+        """The run with this id, or ``None`` (never existed, or expired)."""
+        raw, steps = self.store.load_runs([run_id])[0]
+        return Run.from_store(run_id, raw, steps)
+
+    def runs_for_event(self, event_id: str) -> list[Run]:
+        """Every run the event started (one per subscribed function)."""
+        ids = self.store.runs_for_event(event_id)
+        loaded = self.store.load_runs(ids)
+        runs = [Run.from_store(rid, raw, steps) for rid, (raw, steps) in zip(ids, loaded,
+                                                                             strict=True)]
+        return [r for r in runs if r is not None]
+
+    def wait_for_run(self, run_id: str, timeout: float = 30.0, interval: float = 0.05) -> Run:
+        """Poll until the run is completed, failed or cancelled; ``RunTimeoutError`` after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.get_run(run_id)
+            if run is not None and run.status in FINAL:
+                return run
+            if time.monotonic() >= deadline:
+                state = run.status if run else "not found"
+                raise RunTimeoutError(f"run {run_id} still {state} after {timeout}s")
+            time.sleep(interval)
+
+    # -- the pump ------------------------------------------------------------------
+    def pump_once(self, limit: int = 500) -> int:
+        """Put due timers, stale dispatches and runs of dead workers back on the broker.
+
+        Claims are atomic, so any number of workers may pump at once. Returns how many
+        runs were enqueued.
+        """
+        s = self.settings
+        now = now_ms()
+        deadline = now + int(s.redispatch_seconds * 1000)
+        run_ids = self.store.claim_due(now, deadline, limit)
+        expired = self.store.expired_leases(now, deadline, limit)
+        if expired:
+            logger.info("pump: %d run(s) lost their worker; resuming them", len(expired))
+        run_ids = list(dict.fromkeys([*run_ids, *expired]))
+        if not run_ids:
+            return 0
+        sent = 0
+        with self.app.producer_or_acquire() as producer:
+            for run_id, info in zip(run_ids, self.store.dispatch_info(run_ids), strict=True):
+                if info is None or info[2] in FINAL:
+                    self.store.drop_timers([run_id])
+                    continue
+                self.publish_run(run_id, info[0], info[1], producer)
+                sent += 1
+        return sent

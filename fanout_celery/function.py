@@ -1,0 +1,114 @@
+"""Function definitions and the Celery task each one becomes."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from celery import Task
+
+from .errors import ConfigurationError
+from .retry import RetryPolicy
+from .routing import Subscription, check_pattern
+
+if TYPE_CHECKING:
+    from .fanout import Fanout
+
+FUNCTION_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,127}$")
+
+# Celery task options a function may pass through. Options the library relies on
+# (acks_late, serializer, bind, ...) are not among them.
+TASK_OPTIONS = frozenset({
+    "rate_limit", "time_limit", "soft_time_limit", "priority", "expires", "routing_key",
+    "exchange", "track_started", "default_retry_delay", "store_errors_even_if_ignored",
+})
+
+
+@dataclass
+class FunctionDef:
+    """What ``@fanout.function`` declared: id, triggers, policy, handler."""
+
+    function_id: str
+    handler: Callable[..., Any]
+    events: tuple[str, ...] = ()
+    crons: tuple[str, ...] = ()
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    task_name: str = ""
+    queue: str = ""
+    where: tuple[tuple[str, Any], ...] = ()
+    on_failure: str | None = None
+
+    def subscription(self) -> Subscription:
+        return Subscription(function_id=self.function_id, events=self.events,
+                            task=self.task_name, queue=self.queue, where=self.where)
+
+
+class Function(Task):  # type: ignore[misc]
+    """A fanout function: a registered Celery task whose runs are durable.
+
+    Calling the task directly is not how runs start: use ``fanout.send`` (events) or
+    ``fanout.invoke``. The task's only argument is a run id.
+    """
+
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = True
+    serializer = "json"
+    typing = False
+    fanout: Fanout
+    definition: FunctionDef
+
+    @property
+    def function_id(self) -> str:
+        return self.definition.function_id
+
+
+def check_function_id(value: Any) -> str:
+    if not isinstance(value, str) or not FUNCTION_ID_RE.match(value):
+        raise ConfigurationError(
+            f"a function id is 1-128 characters of letters, digits and _-. "
+            f"(not starting with punctuation), got {value!r}"
+        )
+    return value
+
+
+def as_list(value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)) and value:
+        return tuple(value)
+    raise ConfigurationError(f"{what} must be a string or a non-empty list of strings, "
+                             f"not {value!r}")
+
+
+def check_handler(handler: Any, function_id: str) -> None:
+    if not callable(handler):
+        raise ConfigurationError(f"function {function_id!r}: the handler must be callable")
+    try:
+        sig = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(object())
+    except TypeError:
+        raise ConfigurationError(
+            f"function {function_id!r}: the handler must take exactly one argument, ctx"
+        ) from None
+
+
+def check_task_options(options: dict[str, Any], function_id: str) -> None:
+    unknown = sorted(set(options) - TASK_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"function {function_id!r}: unknown option(s) {', '.join(unknown)}; "
+            f"Celery task options accepted here: {', '.join(sorted(TASK_OPTIONS))}"
+        )
+
+
+def check_events(events: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(check_pattern(e) for e in events)

@@ -1,0 +1,102 @@
+"""Runs and their steps, as read back from the store."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+FINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+def _time(ms: str | None) -> datetime | None:
+    return None if not ms else datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step of a run: ``id`` is the user's step id (with its ``:N`` counter).
+
+    ``status`` is completed, failed (retries exhausted) or retrying; ``attempts``
+    counts executions of the step's body that were recorded.
+    """
+
+    id: str
+    status: str
+    output: Any = None
+    error: dict[str, Any] | None = None
+    attempts: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    kind: str = "run"
+
+    @classmethod
+    def from_json(cls, step_id: str, raw: str) -> tuple[int, StepRecord]:
+        rec = json.loads(raw)
+        return rec.get("seq", 0), cls(
+            id=step_id, status=rec["status"], output=rec.get("output"), error=rec.get("error"),
+            attempts=rec.get("attempts", 0), started_at=_time(rec.get("started_at")),
+            ended_at=_time(rec.get("ended_at")), kind=rec.get("kind", "run"),
+        )
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at and self.ended_at:
+            return (self.ended_at - self.started_at).total_seconds()
+        return None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One execution of a function for an event, a cron tick or an invoke.
+
+    ``attempt`` counts retries of the handler body itself (errors raised outside steps);
+    each step's own attempts are on its ``StepRecord``.
+    """
+
+    id: str
+    function_id: str
+    status: str
+    output: Any = None
+    error: dict[str, Any] | None = None
+    event_ids: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    parent_run_id: str | None = None
+    parent_step_id: str | None = None
+    attempt: int = 0
+    steps: list[StepRecord] = field(default_factory=list)
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    wake_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at and self.ended_at:
+            return (self.ended_at - self.started_at).total_seconds()
+        return None
+
+    @classmethod
+    def from_store(cls, run_id: str, raw: dict[str, str], steps: dict[str, str]) -> Run | None:
+        if not raw or "function" not in raw:
+            return None
+        ordered = sorted((StepRecord.from_json(k, v) for k, v in steps.items()),
+                         key=lambda item: item[0])
+        events = json.loads(raw.get("events", "[]"))
+        return cls(
+            id=run_id, function_id=raw["function"], status=raw.get("status", "queued"),
+            output=json.loads(raw["output"]) if raw.get("output") else None,
+            error=json.loads(raw["error"]) if raw.get("error") else None,
+            event_ids=[e["id"] for e in events], events=events,
+            parent_run_id=raw.get("parent_run_id") or None,
+            parent_step_id=raw.get("parent_step_id") or None,
+            attempt=int(raw.get("attempt", 0)), steps=[rec for _, rec in ordered],
+            created_at=_time(raw.get("created_at")), started_at=_time(raw.get("started_at")),
+            ended_at=_time(raw.get("ended_at")), wake_at=_time(raw.get("wake_at")),
+        )

@@ -1,0 +1,229 @@
+"""The step API handed to handlers as ``ctx.step``, and the handler's ``ctx``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    InvalidStepError,
+    NestedStepError,
+    NonRetriableError,
+    StepError,
+    StepOutputError,
+    Suspend,
+    TooManyStepsError,
+)
+from .events import derived_id, dumps, now_ms
+from .retry import RetryPolicy, retry_at_ms
+
+if TYPE_CHECKING:
+    from .execution import Execution
+
+MAX_STEP_ID = 256
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """The JSON form of an error as recorded on a step or run."""
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc))[-8000:],
+    }
+
+
+class Step:
+    """Checkpointed operations. Each takes a step id unique within the run; an id
+    repeated (in a loop) gets an implicit counter: ``id``, ``id:1``, ``id:2``…"""
+
+    def __init__(self, execution: Execution) -> None:
+        self._x = execution
+        self._counts: dict[str, int] = {}
+        self._used: set[str] = set()
+        self._in_step = False
+        self.attempt = 0
+
+    # -- bookkeeping ---------------------------------------------------------------
+    def _key(self, step_id: Any) -> str:
+        if self._in_step:
+            raise NestedStepError(
+                f"step {step_id!r} was called inside another step's function; steps cannot "
+                "be nested: call it from the handler, after the enclosing step returns"
+            )
+        if not isinstance(step_id, str) or not step_id or len(step_id) > MAX_STEP_ID:
+            raise InvalidStepError(
+                f"a step id is a non-empty string of at most {MAX_STEP_ID} characters, "
+                f"got {step_id!r}"
+            )
+        n = self._counts.get(step_id, 0)
+        key = step_id if n == 0 else f"{step_id}:{n}"
+        while key in self._used:
+            n += 1
+            key = f"{step_id}:{n}"
+        self._counts[step_id] = n + 1
+        self._used.add(key)
+        limit = self._x.settings.max_steps
+        if len(self._used) > limit:
+            raise TooManyStepsError(
+                f"run {self._x.run_id} used more than {limit} steps (fanout_max_steps); "
+                "for wide work, fan out with step.send_event to another function instead"
+            )
+        return key
+
+    def _seq(self, record: dict[str, Any] | None) -> int:
+        return int(record["seq"]) if record else self._x.next_seq()
+
+    def _encode(self, key: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The record as stored, and as read back (so first run and replay agree)."""
+        try:
+            encoded = dumps(record)
+        except (TypeError, ValueError) as exc:
+            raise StepOutputError(f"step {key!r} returned a value that is not JSON: {exc}") \
+                from None
+        limit = self._x.settings.max_step_output_bytes
+        if len(encoded) > limit and len(encoded.encode()) > limit:
+            raise StepOutputError(
+                f"step {key!r} output is {len(encoded.encode())} bytes, over the limit of "
+                f"{limit} (fanout_max_step_output_bytes); store it elsewhere and return a "
+                "reference"
+            )
+        parsed: dict[str, Any] = json.loads(encoded)
+        return encoded, parsed
+
+    # -- steps ---------------------------------------------------------------------
+    def run(self, step_id: str, fn: Callable[..., Any], *args: Any,
+            retries: int | RetryPolicy | None = None, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` once and memoize its JSON output.
+
+        On replay the recorded output is returned without calling ``fn``. A failure is
+        retried (per step) with the function's policy, or ``retries`` when given; after
+        the last retry ``StepError`` is raised here on every replay.
+        """
+        key = self._key(step_id)
+        if not callable(fn):
+            raise InvalidStepError(f"step {key!r}: expected a callable, got {fn!r}")
+        policy = self._x.function.retry_policy if retries is None else RetryPolicy.coerce(retries)
+        record = self._x.memo.get(key)
+        attempt = 0
+        if record is not None:
+            status = record["status"]
+            if status == "completed":
+                self._x.replayed(key)
+                return record.get("output")
+            if status == "failed":
+                self._x.replayed(key)
+                raise StepError(key, record.get("error") or {})
+            attempt = int(record.get("attempts", 0))
+            if int(record.get("retry_at", 0)) > now_ms():
+                raise Suspend("queued", int(record["retry_at"]))
+        self._x.replay_done()
+        self.attempt = attempt
+        started = now_ms()
+        self._in_step = True
+        try:
+            value = fn(*args, **kwargs)
+        except InvalidStepError:
+            raise
+        except Exception as exc:
+            self._in_step = False
+            self._failed(key, record, attempt, started, exc, policy)
+        finally:
+            self._in_step = False
+        encoded, stored = self._encode(key, {
+            "status": "completed", "output": value, "attempts": attempt + 1,
+            "started_at": started, "ended_at": now_ms(), "seq": self._seq(record),
+        })
+        self._x.checkpoint(key, encoded, stored)
+        return stored["output"]
+
+    def _failed(self, key: str, record: dict[str, Any] | None, attempt: int, started: int,
+                exc: Exception, policy: RetryPolicy) -> None:
+        now = now_ms()
+        base = {"error": error_info(exc), "attempts": attempt + 1, "started_at": started,
+                "ended_at": now, "seq": self._seq(record)}
+        if isinstance(exc, NonRetriableError) or attempt >= policy.max_retries:
+            encoded, stored = self._encode(key, {"status": "failed", **base})
+            self._x.checkpoint(key, encoded, stored)
+            self._x.log.warning("step %s failed after %d attempt(s): %s", key, attempt + 1, exc)
+            raise StepError(key, stored["error"]) from exc
+        wake = retry_at_ms(policy, attempt + 1, now, exc)
+        encoded, stored = self._encode(key, {"status": "retrying", "retry_at": wake, **base})
+        self._x.log.info("step %s attempt %d failed (%s); retry in %.2fs",
+                         key, attempt + 1, exc, (wake - now) / 1000)
+        raise Suspend("queued", wake, step=(key, encoded, stored))
+
+    def send_event(self, step_id: str, events: Any) -> list[str]:
+        """Send events once, linked to this run; returns their ids.
+
+        Events without an id get one derived from the run and step, so a replay after a
+        crash half-way through sending starts no second run.
+        """
+        key = self._key(step_id)
+        record = self._x.memo.get(key)
+        if record is not None and record["status"] == "completed":
+            self._x.replayed(key)
+            return list(record.get("output") or [])
+        self._x.replay_done()
+        started = now_ms()
+        run_id = self._x.run_id
+        ids = self._x.fanout.send_from_step(
+            events, id_for=lambda i: derived_id(run_id, key, str(i)), parent=(run_id, key),
+        )
+        encoded, stored = self._encode(key, {
+            "status": "completed", "output": ids, "attempts": 1, "kind": "send_event",
+            "started_at": started, "ended_at": now_ms(), "seq": self._seq(record),
+        })
+        self._x.checkpoint(key, encoded, stored)
+        return ids
+
+
+class ReplayAwareLogger:
+    """``ctx.logger``: a logger that stays silent while memoized steps are replayed."""
+
+    def __init__(self, logger: logging.Logger, execution: Execution) -> None:
+        self._logger = logger
+        self._x = execution
+
+    def _log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
+        if not self._x.replaying:
+            self._logger.log(level, msg, *args, **kwargs)
+
+    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.DEBUG, msg, *args, **kwargs)
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.INFO, msg, *args, **kwargs)
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.WARNING, msg, *args, **kwargs)
+
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.ERROR, msg, *args, **kwargs)
+
+    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("exc_info", True)
+        self._log(logging.ERROR, msg, *args, **kwargs)
+
+
+class Context:
+    """What a handler receives: the trigger event(s), the step API and run details."""
+
+    def __init__(self, execution: Execution) -> None:
+        from .events import Event
+
+        self._x = execution
+        self.events = [Event(**e) for e in execution.events]
+        self.event = self.events[0]
+        self.step = Step(execution)
+        self.run_id = execution.run_id
+        self.function_id = execution.function.function_id
+        self.logger = ReplayAwareLogger(
+            logging.getLogger(f"fanout.function.{self.function_id}"), execution)
+
+    @property
+    def attempt(self) -> int:
+        """0-based attempt of the step now executing (of the handler body outside steps)."""
+        return self.step.attempt if self.step._in_step else self._x.body_attempt

@@ -1,0 +1,1 @@
+"""Where run state lives: the Redis store (and the key layout, in one module)."""

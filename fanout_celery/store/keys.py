@@ -1,0 +1,60 @@
+"""Every Redis key fanout_celery uses is built here, and nowhere else.
+
+Per-run keys share the hash tag ``{<run_id>}``. Run ids are hex digests, event and
+function ids are validated to ``[A-Za-z0-9_-.]``, so no caller-supplied id can
+form another run's key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The key layout under one prefix (``fanout_key_prefix``)."""
+
+    prefix: str = "fanout"
+
+    # -- one run
+    def run(self, run_id: str) -> str:
+        """Hash: status, function, trigger events, lease, output, error, timestamps."""
+        return f"{self.prefix}:{{{run_id}}}:run"
+
+    def steps(self, run_id: str) -> str:
+        """Hash: step key -> JSON step record."""
+        return f"{self.prefix}:{{{run_id}}}:steps"
+
+    # -- global indexes
+    @property
+    def timers(self) -> str:
+        """Zset: run id -> when (ms) the run must be put back on the broker."""
+        return f"{self.prefix}:timers"
+
+    @property
+    def leases(self) -> str:
+        """Zset: run id -> when (ms) the lease of its running execution expires."""
+        return f"{self.prefix}:leases"
+
+    @property
+    def dispatch(self) -> str:
+        """Zset: run id -> deadline (ms) for a sender to confirm it published the run's
+        message; a sender that died before confirming is covered by the pump."""
+        return f"{self.prefix}:dispatch"
+
+    @property
+    def subscriptions(self) -> str:
+        """Hash: function id -> JSON (triggers, task name, queue, filter)."""
+        return f"{self.prefix}:subscriptions"
+
+    def event(self, event_id: str) -> str:
+        """String: the stored event (JSON), kept for the retention period."""
+        return f"{self.prefix}:event:{event_id}"
+
+    def event_runs(self, event_id: str) -> str:
+        """Set: the runs an event started."""
+        return f"{self.prefix}:event:{event_id}:runs"
+
+    def function_runs(self, function_id: str) -> str:
+        """Zset: run id -> creation time (ms), the function's run history."""
+        return f"{self.prefix}:function:{function_id}:runs"

@@ -1,0 +1,124 @@
+"""Lua scripts. Each documents its KEYS and ARGV at the top.
+
+Scripts touch one run's keys plus the global index zsets (timers, leases, dispatch),
+so that a run's state and its place in the indexes change together.
+"""
+
+# Create a run unless it exists (the run id is deterministic: this is the SET NX that
+# makes a re-sent event, a replayed send_event or two beats start one run).
+# KEYS: 1 run, 2 dispatch, 3 function_runs, 4 event_runs
+# ARGV: 1 run_id, 2 now_ms, 3 dispatch_deadline_ms, 4 retention_ms, 5.. field, value pairs
+CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('PEXPIRE', KEYS[4], ARGV[4])
+return 1
+"""
+
+# Take the lease on a run and load its whole state in one round trip.
+# KEYS: 1 run, 2 steps, 3 leases, 4 timers, 5 dispatch
+# ARGV: 1 run_id, 2 token, 3 now_ms, 4 lease_expires_ms
+# Returns {'ok', run fields..., '|', step fields...} or {'done'|'busy'|'early'|'missing', info}
+START = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing', ''} end
+if status == 'completed' or status == 'failed' or status == 'cancelled' then
+  return {'done', status}
+end
+local now = tonumber(ARGV[3])
+local lease = redis.call('HGET', KEYS[1], 'lease')
+local lease_exp = tonumber(redis.call('HGET', KEYS[1], 'lease_exp') or '0')
+if lease and lease ~= '' and lease_exp > now then return {'busy', tostring(lease_exp)} end
+local wake = redis.call('HGET', KEYS[1], 'wake_at')
+if wake and wake ~= '' and tonumber(wake) > now then
+  -- Early delivery (a duplicate message, or a clock a little behind the pump's): put
+  -- the timer back where it belongs rather than waiting for the re-dispatch deadline.
+  redis.call('ZADD', KEYS[4], wake, ARGV[1])
+  return {'early', wake}
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'lease', ARGV[2], 'lease_exp', ARGV[4])
+redis.call('HDEL', KEYS[1], 'wake_at')
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'executions', 1)
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+local out = {'ok'}
+for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
+out[#out + 1] = '|'
+for _, v in ipairs(redis.call('HGETALL', KEYS[2])) do out[#out + 1] = v end
+return out
+"""
+
+# Write a step checkpoint and/or change the run's state, fenced by the lease token: an
+# execution whose lease was taken over writes nothing.
+# KEYS: 1 run, 2 steps, 3 leases, 4 timers
+# ARGV: 1 run_id, 2 token, 3 mode ('step' | 'park' | 'finish'), 4 step_key ('' = none),
+#       5 step_json, 6 ms (step: new lease expiry; park: wake time or ''; finish: retention),
+#       7.. field, value pairs to set on the run
+# Returns 1, or 0 when the lease is lost.
+COMMIT = """
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] then return 0 end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], ARGV[5]) end
+if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+local mode = ARGV[3]
+if mode == 'step' then
+  redis.call('HSET', KEYS[1], 'lease_exp', ARGV[6])
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
+  return 1
+end
+redis.call('HDEL', KEYS[1], 'lease', 'lease_exp')
+redis.call('ZREM', KEYS[3], ARGV[1])
+if mode == 'park' then
+  if ARGV[6] ~= '' then
+    redis.call('HSET', KEYS[1], 'wake_at', ARGV[6])
+    redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
+  end
+  return 1
+end
+redis.call('HDEL', KEYS[1], 'wake_at')
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return 1
+"""
+
+# Renew a lease if this execution still holds it.
+# KEYS: 1 run, 2 leases   ARGV: 1 run_id, 2 token, 3 lease_expires_ms
+RENEW = """
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'lease_exp', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"""
+
+# Claim what is due in one index: move each due member's score to the re-dispatch
+# deadline (so a pump that dies before publishing is covered) and return them.
+# KEYS: 1 zset   ARGV: 1 now_ms, 2 redispatch_deadline_ms, 3 limit
+CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], member) end
+return due
+"""
+
+# A lease found expired by the pump: if the run's own record agrees, drop the lease (the
+# dead execution can no longer commit) and schedule the run again.
+# KEYS: 1 run, 2 leases, 3 timers   ARGV: 1 run_id, 2 now_ms, 3 redispatch_deadline_ms
+# Returns 1 when the run must be re-enqueued now.
+EXPIRE_LEASE = """
+local lease_exp = redis.call('HGET', KEYS[1], 'lease_exp')
+if lease_exp and tonumber(lease_exp) > tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[2], lease_exp, ARGV[1])
+  return 0
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then return 0 end
+redis.call('HDEL', KEYS[1], 'lease', 'lease_exp')
+redis.call('HSET', KEYS[1], 'status', 'queued')
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+return 1
+"""

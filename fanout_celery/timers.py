@@ -1,0 +1,87 @@
+"""The timer pump: a bootstep in every worker that moves due runs back onto the broker.
+
+Durable timers (sleeps, retry back-off) live in a Redis sorted set scored by wake
+time instead of broker ETAs: the Redis broker's visibility timeout would deliver a
+long-ETA message twice, and a message held by a worker is lost with the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import bootsteps
+
+logger = logging.getLogger("fanout.pump")
+
+# Subscriptions are re-published this often, so a Redis that lost its data relearns them.
+REPUBLISH_SECONDS = 60.0
+
+
+class Pump:
+    """The pump loop of one worker, in a daemon thread."""
+
+    def __init__(self, fanout: Any) -> None:
+        self.fanout = fanout
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="fanout-pump", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        interval = self.fanout.settings.pump_interval
+        last_publish = 0.0
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - last_publish > REPUBLISH_SECONDS:
+                    if self.fanout.functions:
+                        self.fanout.publish_subscriptions()
+                    last_publish = time.monotonic()
+                sent = self.fanout.pump_once()
+                failures = 0
+            except Exception:
+                failures += 1
+                # Redis or the broker is away: back off, up to 5 s, and keep trying.
+                delay = min(interval * 2 ** failures, 5.0)
+                logger.warning("pump: round failed; retrying in %.1fs", delay, exc_info=True)
+                self._stop.wait(delay)
+                continue
+            if not sent:
+                self._stop.wait(interval)
+
+
+class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Worker bootstep that runs the pump of the app's ``Fanout``."""
+
+    label = "fanout-pump"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.pump: Pump | None = None
+
+    def start(self, worker: Any) -> None:
+        from .fanout import fanout_for
+
+        fanout = fanout_for(worker.app)
+        if fanout is None:
+            return
+        self.pump = Pump(fanout)
+        self.pump.start()
+        logger.info("pump: started for %r", fanout)
+
+    def stop(self, worker: Any) -> None:
+        if self.pump is not None:
+            self.pump.stop()
+            self.pump = None
+
+    shutdown = stop
