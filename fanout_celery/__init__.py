@@ -40,6 +40,7 @@ __all__ = [
     "NestedStepError",
     "NonRetriableError",
     "RetryAfterError",
+    "RetryPolicy",
     "Run",
     "RunTimeoutError",
     "Step",

@@ -12,7 +12,8 @@ from typing import Any
 
 from celery import Celery
 
-from .cron import parse_cron
+from . import scheduler
+from .cron import check_missed, parse_cron
 from .errors import (
     ConfigurationError,
     DuplicateFunctionError,
@@ -109,15 +110,19 @@ class Fanout:
                  retries: int | RetryPolicy = 4,
                  on_failure: Callable[..., Any] | None = None,
                  name: str | None = None, queue: str | None = None,
+                 cron_missed: str = "latest", cron_missed_limit: int = 10,
                  **task_options: Any) -> Callable[[Callable[..., Any]], Function]:
         """Declare a durable function triggered by ``event`` and/or ``cron``.
 
         The decorated handler takes one argument, ``ctx``. Returns the registered
-        Celery task (``fanout.<id>`` unless ``name`` is given).
+        Celery task (``fanout.<id>`` unless ``name`` is given). ``cron_missed`` says what
+        happens to slots missed while beat was down: ``latest`` (default) fires the most
+        recent one, ``all`` up to ``cron_missed_limit`` of them, ``none`` skips them.
         """
         check_function_id(id)
         events = check_events(as_list(event, "event"))
         crons = tuple(parse_cron(c).text for c in as_list(cron, "cron"))
+        missed, missed_limit = check_missed(cron_missed, cron_missed_limit)
         policy = RetryPolicy.coerce(retries)
         check_task_options(task_options, id)
         if queue is not None and (not isinstance(queue, str) or not queue):
@@ -137,8 +142,11 @@ class Fanout:
                 function_id=id, handler=handler, events=events, crons=crons,
                 retry_policy=policy, task_name=name or f"fanout.{id}", queue=queue or "",
                 on_failure=f"{id}-failure" if on_failure else None,
+                missed=missed, missed_limit=missed_limit,
             )
             task = self._register(definition, task_options)
+            if crons:
+                scheduler.install(self)
             if on_failure is not None:
                 self._register(FunctionDef(
                     function_id=f"{id}-failure", handler=on_failure,
@@ -162,14 +170,19 @@ class Fanout:
         def run(task: Function, run_id: str, *args: Any, **meta: Any) -> str:
             return run_attempt(fanout, definition, run_id)
 
-        run.__name__ = definition.function_id
+        # Celery builds the task's signature check by exec'ing a `def <__name__>(...)`:
+        # the name must be an identifier, which a function id like "send-email" is not.
+        handler_name = getattr(definition.handler, "__name__", "")
+        run.__name__ = handler_name if handler_name.isidentifier() else "run"
         run.__doc__ = definition.handler.__doc__
         run.__module__ = definition.handler.__module__
         options: dict[str, Any] = dict(task_options)
         if definition.queue:
             options["queue"] = definition.queue
         task: Function = self.app.task(
-            run, name=definition.task_name, base=Function, bind=True, lazy=False,
+            # shared=False: a shared task would also be registered on every Celery app
+            # created later in this process, bound to this Fanout.
+            run, name=definition.task_name, base=Function, bind=True, lazy=False, shared=False,
             fanout=self, definition=definition, **options,
         )
         self.functions[definition.function_id] = definition
@@ -189,12 +202,14 @@ class Fanout:
         """Publish one event or a list of them; every subscribed function gets one run
         per event. Returns the event ids. A batch with one bad event sends none."""
         records = prepare_batch(events, max_bytes=self.settings.max_event_bytes)
-        return self._dispatch(records, parent=None)
+        self._dispatch(records, parent=None)
+        return [r["id"] for r in records]
 
     def send_from_step(self, events: Any, id_for: Callable[[int], str],
                        parent: tuple[str, str]) -> list[str]:
         records = prepare_batch(events, max_bytes=self.settings.max_event_bytes, id_for=id_for)
-        return self._dispatch(records, parent=parent)
+        self._dispatch(records, parent=parent)
+        return [r["id"] for r in records]
 
     def send_system(self, event: dict[str, Any], parent: tuple[str, str]) -> None:
         record = prepare(event, max_bytes=self.settings.max_event_bytes * 4, allow_system=True)
@@ -202,11 +217,13 @@ class Fanout:
             self._dispatch([record], parent=parent)
 
     def _dispatch(self, records: list[dict[str, Any]], parent: tuple[str, str] | None,
-                  only: Subscription | None = None) -> list[str]:
+                  only: Subscription | None = None) -> int:
+        """Create the runs the events start, publish the new ones; returns how many."""
         if self.functions and not self._published:
             self.publish_subscriptions()
         s = self.settings
         keep_events = int(max(s.retention, s.event_dedupe_window) * 1000)
+        count = 0
         for start in range(0, len(records), CHUNK):
             chunk = records[start:start + CHUNK]
             now = now_ms()
@@ -220,7 +237,8 @@ class Fanout:
             fresh = [run for run, made in zip(runs, created, strict=True) if made]
             self._publish(fresh)
             self.store.confirm_dispatched([run.run_id for run in fresh])
-        return [r["id"] for r in records]
+            count += len(fresh)
+        return count
 
     def _new_run(self, sub: Subscription, records: list[dict[str, Any]], now: int,
                  parent: tuple[str, str] | None) -> NewRun:
@@ -265,6 +283,15 @@ class Fanout:
                          max_bytes=self.settings.max_event_bytes, allow_system=True)
         self._dispatch([record], parent=None, only=sub)
         return derived_id(fid, record["id"])
+
+    def start_scheduled(self, sub: Subscription, record: dict[str, Any]) -> int:
+        """Start the run of one cron slot unless it exists; returns 1 if started."""
+        event = prepare(record, max_bytes=self.settings.max_event_bytes, allow_system=True)
+        return self._dispatch([event], parent=None, only=sub)
+
+    def schedules(self, count: int = 3) -> list[dict[str, Any]]:
+        """Each cron function, its expressions and its next ``count`` fire times."""
+        return scheduler.schedules(self, count)
 
     def get_run(self, run_id: str) -> Run | None:
         """The run with this id, or ``None`` (never existed, or expired)."""

@@ -40,10 +40,14 @@ class FunctionDef:
     queue: str = ""
     where: tuple[tuple[str, Any], ...] = ()
     on_failure: str | None = None
+    missed: str = "latest"
+    missed_limit: int = 10
 
     def subscription(self) -> Subscription:
         return Subscription(function_id=self.function_id, events=self.events,
-                            task=self.task_name, queue=self.queue, where=self.where)
+                            task=self.task_name, queue=self.queue, where=self.where,
+                            crons=self.crons, missed=self.missed,
+                            missed_limit=self.missed_limit)
 
 
 class Function(Task):  # type: ignore[misc]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import ConfigurationError, RetryAfterError
@@ -70,7 +70,7 @@ def retry_at_ms(policy: RetryPolicy, retry_number: int, now_ms: int,
         after = exc.retry_after
         if isinstance(after, datetime):
             if after.tzinfo is None:
-                after = after.replace(tzinfo=timezone.utc)
+                after = after.replace(tzinfo=UTC)
             return max(int(after.timestamp() * 1000), now_ms)
         if isinstance(after, timedelta):
             after = after.total_seconds()

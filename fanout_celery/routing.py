@@ -63,6 +63,10 @@ class Subscription:
     queue: str = ""
     # Equality filters on the event, by dotted path (used by on_failure handlers).
     where: tuple[tuple[str, Any], ...] = ()
+    # Cron triggers (texts as declared) and what to do with slots missed while down.
+    crons: tuple[str, ...] = ()
+    missed: str = "latest"
+    missed_limit: int = 10
 
     def accepts(self, event: dict[str, Any]) -> bool:
         if not any(matches(p, event["name"]) for p in self.events):
@@ -71,14 +75,17 @@ class Subscription:
 
     def dumps(self) -> str:
         return json.dumps({"events": list(self.events), "task": self.task, "queue": self.queue,
-                           "where": [list(w) for w in self.where]})
+                           "where": [list(w) for w in self.where], "crons": list(self.crons),
+                           "missed": self.missed, "missed_limit": self.missed_limit})
 
     @classmethod
     def loads(cls, function_id: str, raw: str) -> Subscription:
         data = json.loads(raw)
         return cls(function_id=function_id, events=tuple(data["events"]), task=data["task"],
                    queue=data.get("queue", ""),
-                   where=tuple((p, v) for p, v in data.get("where", [])))
+                   where=tuple((p, v) for p, v in data.get("where", [])),
+                   crons=tuple(data.get("crons", [])), missed=data.get("missed", "latest"),
+                   missed_limit=int(data.get("missed_limit", 10)))
 
 
 class Router:

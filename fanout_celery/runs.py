@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
@@ -12,7 +12,7 @@ FINAL = frozenset({"completed", "failed", "cancelled"})
 
 
 def _time(ms: str | None) -> datetime | None:
-    return None if not ms else datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
+    return None if not ms else datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
 
 
 @dataclass(frozen=True)

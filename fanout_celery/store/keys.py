@@ -47,6 +47,11 @@ class Keys:
         """Hash: function id -> JSON (triggers, task name, queue, filter)."""
         return f"{self.prefix}:subscriptions"
 
+    @property
+    def cron(self) -> str:
+        """Hash: function id -> the time (ms) up to which its cron slots were examined."""
+        return f"{self.prefix}:cron"
+
     def event(self, event_id: str) -> str:
         """String: the stored event (JSON), kept for the retention period."""
         return f"{self.prefix}:event:{event_id}"

@@ -13,7 +13,7 @@ from . import scripts
 from .keys import Keys
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str) -> redis.Redis[str]:
     """A client for ``redis://``, ``rediss://``, ``unix://`` or kombu's ``redis+socket://``."""
     if url.startswith("redis+socket://"):
         url = "unix://" + url[len("redis+socket://"):]
@@ -46,10 +46,10 @@ class NewRun:
 class RedisStore:
     """Run state, indexes and subscriptions in Redis, under one key prefix."""
 
-    def __init__(self, url: str, prefix: str = "fanout", client: redis.Redis | None = None):
+    def __init__(self, url: str, prefix: str = "fanout", client: redis.Redis[str] | None = None):
         self.url = url
         self.keys = Keys(prefix)
-        self.client: redis.Redis = client if client is not None else connect(url)
+        self.client: redis.Redis[str] = client if client is not None else connect(url)
         self._create = self.client.register_script(scripts.CREATE)
         self._start = self.client.register_script(scripts.START)
         self._commit = self.client.register_script(scripts.COMMIT)
@@ -184,6 +184,12 @@ class RedisStore:
     def runs_for_event(self, event_id: str) -> list[str]:
         return sorted(self.client.smembers(self.keys.event_runs(event_id)))
 
+    def runs_for_events(self, event_ids: Sequence[str]) -> list[list[str]]:
+        pipe = self.client.pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.smembers(self.keys.event_runs(event_id))
+        return [sorted(ids) for ids in pipe.execute()]
+
     def get_event(self, event_id: str) -> dict[str, Any] | None:
         raw = self.client.get(self.keys.event(event_id))
         return None if raw is None else dict(json.loads(raw))
@@ -197,10 +203,23 @@ class RedisStore:
             pipe.zremrangebyscore(self.keys.function_runs(fid), "-inf", older_than_ms)
         pipe.execute()
 
+    # -- cron ----------------------------------------------------------------------
+    def cron_marks(self, function_ids: Sequence[str]) -> list[int | None]:
+        if not function_ids:
+            return []
+        raw = self.client.hmget(self.keys.cron, list(function_ids))
+        return [None if v is None else int(v) for v in raw]
+
+    def set_cron_marks(self, marks: dict[str, int]) -> None:
+        if marks:
+            mapping: dict[str | bytes, str] = {k: str(v) for k, v in marks.items()}
+            self.client.hset(self.keys.cron, mapping=mapping)
+
     # -- subscriptions -------------------------------------------------------------
     def publish_subscriptions(self, subs: dict[str, str]) -> None:
         if subs:
-            self.client.hset(self.keys.subscriptions, mapping=subs)
+            mapping: dict[str | bytes, str] = {k: v for k, v in subs.items()}
+            self.client.hset(self.keys.subscriptions, mapping=mapping)
 
     def load_subscriptions(self) -> dict[str, str]:
         return dict(self.client.hgetall(self.keys.subscriptions))

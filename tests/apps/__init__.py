@@ -1,0 +1,1 @@
+"""Importable Celery apps that tests run in real worker subprocesses."""
