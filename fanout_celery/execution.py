@@ -179,6 +179,10 @@ class Execution:
     def _emit(self, name: str, data: dict[str, Any]) -> None:
         # Sent before the run is marked final, with an id derived from the run: a crash in
         # between replays the run and sends the same event again, which starts nothing new.
+        # A run started by a lifecycle event announces nothing itself: a function subscribed
+        # to fanout/function.finished would otherwise start itself again, forever.
+        if self.events and self.events[0].get("name") in (FUNCTION_FINISHED, FUNCTION_FAILED):
+            return
         payload = {"function_id": self.function.function_id, "run_id": self.run_id,
                    "event": self.events[0] if self.events else None, **data}
         self.fanout.send_system(

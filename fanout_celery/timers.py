@@ -84,4 +84,6 @@ class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
             self.pump.stop()
             self.pump = None
 
-    shutdown = stop
+    # A cold shutdown (and Celery's test worker) sends terminate, not stop: the base class
+    # would only stop ``self.obj``, which this step does not use.
+    shutdown = terminate = stop

@@ -1,0 +1,137 @@
+"""Cron functions fired by a real ``celery beat`` and a real worker, both subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from procs import REPO_ROOT, wait_for, worker_process
+
+from fanout_celery.events import SCHEDULED_TIMER
+
+APP = "tests.apps.cron_app"
+
+
+@contextlib.contextmanager
+def beat_process(redis_url: str, scheduler: str | None = None) -> Iterator[subprocess.Popen]:
+    """``celery beat`` for the cron app, with its own schedule file; always stopped."""
+    workdir = Path(tempfile.mkdtemp(prefix="beat-"))
+    cmd = [sys.executable, "-m", "celery", "-A", APP, "beat", "-l", "info",
+           "-s", str(workdir / "schedule"), "--pidfile", str(workdir / "beat.pid")]
+    if scheduler:
+        cmd += ["-S", scheduler]
+    env = dict(os.environ, FANOUT_TEST_REDIS_URL=redis_url, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT),
+                                                      os.environ.get("PYTHONPATH", "")) if p))
+    log = open(workdir / "beat.log", "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield proc
+    except BaseException:
+        print((workdir / "beat.log").read_text(errors="replace")[-4000:], file=sys.stderr)
+        raise
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def fired(redis_client) -> list[int]:
+    return [int(v) for v in redis_client.lrange("cron:fired", 0, -1)]
+
+
+def assert_distinct_two_second_slots(slots: list[int]) -> None:
+    assert len(slots) == len(set(slots)), f"a slot ran twice: {slots}"
+    assert all(s % 2000 == 0 for s in slots), slots
+
+
+@pytest.mark.parametrize("scheduler", [None, "redbeat.RedBeatScheduler"],
+                         ids=["default-scheduler", "redbeat"])
+def test_beat_fires_a_six_field_cron_function_once_per_slot(redis_url, redis_client,
+                                                           scheduler):
+    with worker_process(redis_url, app=APP), beat_process(redis_url, scheduler):
+        wait_for(lambda: len(fired(redis_client)) >= 3, 30, "three cron firings")
+        # The user's own beat entry runs beside the cron dispatcher.
+        wait_for(lambda: int(redis_client.get("cron:user-beat") or 0) >= 1, 15,
+                 "the user's beat_schedule entry")
+    slots = sorted(fired(redis_client))
+    assert_distinct_two_second_slots(slots)
+
+
+@pytest.mark.parametrize("scheduler", [None, "redbeat.RedBeatScheduler"],
+                         ids=["default-scheduler", "redbeat"])
+def test_two_beats_at_once_run_each_slot_once(redis_url, redis_client, scheduler):
+    with worker_process(redis_url, app=APP), beat_process(redis_url, scheduler), \
+            beat_process(redis_url, scheduler):
+        wait_for(lambda: len(fired(redis_client)) >= 4, 30, "four cron firings")
+    slots = sorted(fired(redis_client))
+    assert_distinct_two_second_slots(slots)
+
+
+def test_a_cron_run_gets_the_scheduled_timer_event(redis_url, redis_client):
+    from celery import Celery
+
+    from fanout_celery import Fanout
+
+    with worker_process(redis_url, app=APP), beat_process(redis_url):
+        slot = wait_for(lambda: fired(redis_client), 30, "a cron firing")[0]
+    app = Celery("reader", broker=redis_url, set_as_current=False)
+    reader = Fanout(app)
+    runs = [run for run in (reader.get_run(rid) for rid in
+                            redis_client.zrange("fanout:function:every-two-seconds:runs", 0, -1))
+            if run is not None and run.output == slot]
+    assert len(runs) == 1
+    event = runs[0].events[0]
+    assert event["name"] == SCHEDULED_TIMER
+    assert event["data"]["expr"] == "* * * * * */2"
+    assert event["data"]["zone"] == "UTC"
+    assert event["data"]["scheduled_ms"] == slot
+
+
+def test_cron_functions_add_one_beat_entry_beside_the_users_entries(app):
+    from fanout_celery import Fanout
+
+    app.conf.beat_schedule = {"mine": {"task": "mine", "schedule": 60.0}}
+    fanout = Fanout(app)
+
+    @fanout.function("weekly", cron="0 12 * * 5")
+    def weekly(ctx):
+        return None
+
+    @fanout.function("nightly", cron=["TZ=Europe/Paris 0 2 * * *", "0 3 * * 6"])
+    def nightly(ctx):
+        return None
+
+    schedule = app.conf.beat_schedule
+    assert set(schedule) == {"mine", "fanout.cron"}
+    assert schedule["fanout.cron"]["task"] == "fanout.cron"
+    assert "fanout.cron" in app.tasks
+
+
+def test_schedules_lists_each_cron_with_its_next_fire_times(fanout):
+    @fanout.function("weekly", cron="0 12 * * 5")
+    def weekly(ctx):
+        return None
+
+    @fanout.function("on-event", event="app/x")
+    def on_event(ctx):
+        return None
+
+    [entry] = fanout.schedules(count=2)
+    assert entry["function_id"] == "weekly"
+    assert entry["cron"] == "0 12 * * 5"
+    assert len(entry["next"]) == 2
+    assert all(when.weekday() == 4 and when.hour == 12 for when in entry["next"])
