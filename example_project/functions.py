@@ -78,4 +78,5 @@ def send_reminder(ctx: Context) -> dict[str, Any]:
     """Email one user their week."""
     user = ctx.event.data["user"]
     data = ctx.step.run("load-user-data", load_user_data, user["id"])
-    return ctx.step.run("email-user", email_user, user, data)
+    sent: dict[str, Any] = ctx.step.run("email-user", email_user, user, data)
+    return sent

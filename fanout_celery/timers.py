@@ -39,7 +39,9 @@ class Pump:
 
     def _loop(self) -> None:
         interval = self.fanout.settings.pump_interval
-        last_publish = 0.0
+        # -inf, not 0: monotonic() counts from boot, so on a host up for less than
+        # REPUBLISH_SECONDS a 0 would delay the first publish by up to a minute.
+        last_publish = float("-inf")
         failures = 0
         while not self._stop.is_set():
             try:

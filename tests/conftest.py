@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
 # pytest-celery's plugin replaces this fixture with one that needs Docker: restore
 # Celery's own threaded worker fixture.
 from celery.contrib.pytest import celery_worker  # noqa: F401
-from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from fanout_celery import Fanout

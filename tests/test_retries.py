@@ -227,14 +227,21 @@ def test_function_finished_can_be_subscribed_to_and_receives_the_output(app, fan
     @fanout.function(id="audit", event="fanout/function.finished")
     def audit(ctx):
         redis_client.rpush("test:finished", json.dumps(ctx.event.data))
-        return None
+        return ctx.event.data["function_id"]
 
     with worker(app):
         run_id = fanout.invoke(producer)
         fanout.wait_for_run(run_id, timeout=20)
-        received = wait_until(lambda: redis_client.lrange("test:finished", 0, -1))
+        [audit_id] = wait_until(lambda: fanout.store.recent_runs("audit"))
+        audit_run = fanout.wait_for_run(audit_id, timeout=20)
+        # The audit run's own completion is announced before it is marked completed: had
+        # it started another audit run, that run would exist by now.
+        audit_runs = fanout.store.recent_runs("audit")
 
-    data = json.loads(received[0])
-    assert data["function_id"] == "producer"
-    assert data["run_id"] == run_id
-    assert data["output"] == {"total": 3}
+    assert audit_run.status == "completed"
+    assert audit_run.output == "producer"
+    assert audit_runs == [audit_id]
+    [received] = [json.loads(r) for r in redis_client.lrange("test:finished", 0, -1)]
+    assert received["function_id"] == "producer"
+    assert received["run_id"] == run_id
+    assert received["output"] == {"total": 3}
