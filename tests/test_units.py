@@ -1,0 +1,348 @@
+"""Fast unit tests of the pure parts: event validation, back-off, routing patterns,
+settings and cron parsing. No Redis, no worker."""
+
+from __future__ import annotations
+
+import random
+import re
+from datetime import timedelta
+
+import pytest
+from celery import Celery
+
+from fanout_celery import (
+    ConfigurationError,
+    Event,
+    InvalidEventError,
+    RetryAfterError,
+    RetryPolicy,
+)
+from fanout_celery.cron import parse_cron
+from fanout_celery.events import dumps, now_ms, prepare, prepare_batch, resolve_path
+from fanout_celery.retry import retry_at_ms
+from fanout_celery.routing import check_pattern, matches
+from fanout_celery.settings import Settings, redact_url
+
+LIMIT = 512 * 1024
+
+# -- events.prepare ----------------------------------------------------------------------
+
+
+def test_prepare_fills_in_an_id_and_a_timestamp():
+    before = now_ms()
+    record = prepare(Event(name="app/x", data={"a": 1}), max_bytes=LIMIT)
+    assert record["name"] == "app/x" and record["data"] == {"a": 1}
+    assert re.fullmatch(r"[0-9a-f]{32}", record["id"])
+    assert before <= record["ts"] <= now_ms()
+    assert set(record) == {"name", "data", "id", "ts"}
+
+
+def test_prepare_keeps_a_given_id_ts_user_and_version():
+    record = prepare({"name": "app/x", "id": "e-1", "ts": 5, "user": {"u": 1}, "v": "2"},
+                     max_bytes=LIMIT, event_id="ignored")
+    assert (record["id"], record["ts"], record["user"], record["v"]) == ("e-1", 5, {"u": 1}, "2")
+
+
+def test_prepare_uses_the_supplied_id_only_for_an_event_without_one():
+    assert prepare({"name": "app/x"}, max_bytes=LIMIT, event_id="derived")["id"] == "derived"
+
+
+def test_prepare_returns_the_json_round_trip_of_the_data():
+    record = prepare({"name": "app/x", "data": {"t": (1, 2), "n": None}}, max_bytes=LIMIT)
+    assert record["data"] == {"t": [1, 2], "n": None}
+
+
+def test_prepare_accepts_an_event_of_exactly_the_size_limit_and_not_one_byte_more():
+    def sized(n: int) -> dict:
+        return {"name": "app/x", "data": {"b": "x" * n}, "id": "e", "ts": 1}
+
+    limit = len(dumps(sized(100)).encode())
+    assert prepare(sized(100), max_bytes=limit)["data"]["b"] == "x" * 100
+    with pytest.raises(InvalidEventError,
+                       match=rf"is {limit + 1} bytes, over the limit of {limit} "
+                             r"\(fanout_max_event_bytes\)"):
+        prepare(sized(101), max_bytes=limit)
+
+
+def test_prepare_counts_the_size_in_utf8_bytes():
+    with pytest.raises(InvalidEventError, match="over the limit"):
+        prepare({"name": "app/x", "data": {"s": "é" * 60}}, max_bytes=100)
+
+
+def test_prepare_rejects_reserved_names_unless_allowed():
+    with pytest.raises(InvalidEventError, match="reserved for the library"):
+        prepare({"name": "fanout/function.failed"}, max_bytes=LIMIT)
+    assert prepare({"name": "fanout/function.failed"}, max_bytes=LIMIT,
+                   allow_system=True)["name"] == "fanout/function.failed"
+
+
+def test_prepare_rejects_unknown_fields_and_negative_timestamps():
+    with pytest.raises(InvalidEventError, match="colour"):
+        prepare({"name": "app/x", "colour": "red"}, max_bytes=LIMIT)
+    with pytest.raises(InvalidEventError, match="cannot be negative"):
+        prepare({"name": "app/x", "ts": -1}, max_bytes=LIMIT)
+
+
+# -- events.prepare_batch ----------------------------------------------------------------
+
+def test_prepare_batch_wraps_a_single_event_in_a_list():
+    assert [r["name"] for r in prepare_batch(Event(name="app/x"), max_bytes=LIMIT)] == ["app/x"]
+    assert [r["name"] for r in prepare_batch({"name": "app/y"}, max_bytes=LIMIT)] == ["app/y"]
+
+
+def test_prepare_batch_keeps_order_and_drops_repeated_ids():
+    records = prepare_batch([{"name": "app/a", "id": "1"}, {"name": "app/b", "id": "2"},
+                             {"name": "app/c", "id": "1"}], max_bytes=LIMIT)
+    assert [(r["id"], r["name"]) for r in records] == [("1", "app/a"), ("2", "app/b")]
+
+
+def test_prepare_batch_gives_ids_from_id_for_by_position():
+    records = prepare_batch([{"name": "app/a"}, {"name": "app/b", "id": "own"}],
+                            max_bytes=LIMIT, id_for=lambda i: f"step-{i}")
+    assert [r["id"] for r in records] == ["step-0", "own"]
+
+
+def test_prepare_batch_names_the_bad_event_and_says_nothing_was_sent():
+    with pytest.raises(InvalidEventError, match=r"event #2 of the batch: .*nothing was sent"):
+        prepare_batch([{"name": "app/a"}, {"name": "app/b"}, {"name": ""}], max_bytes=LIMIT)
+
+
+@pytest.mark.parametrize("events", [None, 3, "app/x", {"app/x"}])
+def test_prepare_batch_rejects_what_is_not_an_event_or_a_list(events):
+    with pytest.raises(InvalidEventError, match="expected an Event, a dict or a list"):
+        prepare_batch(events, max_bytes=LIMIT)
+
+
+def test_prepare_batch_of_an_empty_list_is_empty():
+    assert prepare_batch([], max_bytes=LIMIT) == []
+
+
+# -- events.resolve_path -----------------------------------------------------------------
+
+DOC = {"data": {"user": {"id": 7, "tags": ["a", "b"]}, "zero": 0, "none": None}}
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("data.user.id", 7),
+    ("data.user", {"id": 7, "tags": ["a", "b"]}),
+    ("data.user.tags.1", "b"),
+    ("data.zero", 0),
+    ("data.none", None),
+    ("data.missing", None),
+    ("data.user.id.deeper", None),
+    ("data.user.tags.2", None),
+    ("data.user.tags.-1", None),
+    ("data.user.tags.first", None),
+    ("", None),
+])
+def test_resolve_path_follows_dotted_paths_through_dicts_and_lists(path, expected):
+    assert resolve_path(DOC, path) == expected
+
+
+def test_resolve_path_never_evaluates_the_path():
+    assert resolve_path({"a": 1}, "__class__") is None
+    assert resolve_path({"a": 1}, "a.__class__") is None
+
+
+# -- RetryPolicy.delay -------------------------------------------------------------------
+
+def test_delay_grows_by_the_backoff_factor():
+    policy = RetryPolicy(backoff=0.5, backoff_factor=3, backoff_max=1000, jitter=0)
+    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.5, 4.5, 13.5]
+
+
+def test_delay_is_capped_at_backoff_max():
+    policy = RetryPolicy(backoff=1, backoff_factor=2, backoff_max=10, jitter=0)
+    assert [policy.delay(n) for n in (3, 4, 5, 50)] == [4, 8, 10, 10]
+
+
+def test_a_constant_backoff_with_factor_one():
+    policy = RetryPolicy(backoff=2, backoff_factor=1, jitter=0)
+    assert {policy.delay(n) for n in range(1, 20)} == {2}
+
+
+def test_jitter_stays_within_its_fraction_and_varies():
+    random.seed(1234)
+    policy = RetryPolicy(backoff=10, backoff_factor=1, jitter=0.25)
+    delays = [policy.delay(1) for _ in range(2000)]
+    assert all(7.5 <= d <= 12.5 for d in delays)
+    assert min(delays) < 8.5 and max(delays) > 11.5  # spreads across the range
+    assert len(set(delays)) > 1000
+
+
+def test_jitter_applies_after_the_cap():
+    policy = RetryPolicy(backoff=1, backoff_factor=10, backoff_max=5, jitter=0.1)
+    assert all(4.5 <= policy.delay(10) <= 5.5 for _ in range(500))
+
+
+def test_zero_backoff_means_no_delay():
+    assert RetryPolicy(backoff=0, jitter=0.5).delay(3) == 0.0
+
+
+def test_retries_as_an_int_keeps_the_default_back_off():
+    assert RetryPolicy.coerce(2) == RetryPolicy(max_retries=2)
+    policy = RetryPolicy(max_retries=1)
+    assert RetryPolicy.coerce(policy) is policy
+
+
+def test_retry_after_overrides_the_back_off():
+    policy = RetryPolicy(backoff=100, jitter=0)
+    assert retry_at_ms(policy, 1, 1000) == 101_000
+    assert retry_at_ms(policy, 1, 1000, RetryAfterError("later", 2.5)) == 3500
+    assert retry_at_ms(policy, 1, 1000, RetryAfterError("later", timedelta(seconds=1))) == 2000
+    assert retry_at_ms(policy, 1, 1000, RetryAfterError("now", -5)) == 1000
+
+
+# -- routing -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pattern, name, expected", [
+    ("app/x", "app/x", True),
+    ("app/x", "app/xy", False),
+    ("app/x", "app/X", False),
+    ("app/*", "app/x", True),
+    ("app/*", "app/user.created", True),
+    ("app/*", "app", False),
+    ("app/*", "apple/x", False),
+    ("app/user.*", "app/user.created", True),
+    ("app/user.*", "app/users.created", False),
+    ("fanout/function.failed", "fanout/function.failed", True),
+])
+def test_matches_exact_names_and_trailing_wildcards(pattern, name, expected):
+    assert matches(pattern, name) is expected
+
+
+def test_a_wildcard_never_matches_system_events():
+    # check_pattern refuses "fanout/*"; matches() refuses system names to any wildcard.
+    assert matches("fanout/function.*", "fanout/function.failed") is False
+    assert matches("fanout/*", "fanout/function.finished") is False
+    assert matches("fanout.*", "fanout.x") is True  # no slash: an ordinary user name
+
+
+@pytest.mark.parametrize("pattern", ["app/x", "app/*", "app/user.*", "a", "a_b-c.d/e:f@g+h",
+                                     "fanout/function.failed"])
+def test_check_pattern_returns_valid_patterns_unchanged(pattern):
+    assert check_pattern(pattern) == pattern
+
+
+@pytest.mark.parametrize("pattern", ["app*", "*/x", "*", "app/*/x", "app/**", "/*", "",
+                                     " app/x", "app/x y", "a" * 256, "fanout/*", 3, None])
+def test_check_pattern_rejects_invalid_patterns(pattern):
+    with pytest.raises(ConfigurationError):
+        check_pattern(pattern)
+
+
+# -- settings ----------------------------------------------------------------------------
+
+def make_app(broker: str = "redis://localhost:6379/3", **conf) -> Celery:
+    app = Celery("units", broker=broker, set_as_current=False)
+    app.conf.update(conf)
+    return app
+
+
+def test_settings_default_to_the_redis_broker_and_documented_values():
+    s = Settings.from_app(make_app())
+    assert s.redis_url == "redis://localhost:6379/3"
+    assert (s.key_prefix, s.retention, s.event_dedupe_window) == ("fanout", 7 * 86400.0,
+                                                                  86400.0)
+    assert (s.max_event_bytes, s.max_step_output_bytes, s.max_steps) == (
+        512 * 1024, 4 * 1024 * 1024, 1000)
+    assert s.lease_seconds == 30.0
+
+
+def test_settings_read_app_conf_and_convert_timedeltas():
+    s = Settings.from_app(make_app(fanout_redis_url="rediss://cache:6380/1",
+                                   fanout_key_prefix="acme", fanout_retention=timedelta(hours=1),
+                                   fanout_lease_seconds=5, fanout_max_steps=10))
+    assert (s.redis_url, s.key_prefix, s.retention, s.lease_seconds, s.max_steps) == (
+        "rediss://cache:6380/1", "acme", 3600.0, 5.0, 10)
+
+
+def test_settings_keyword_overrides_win_over_app_conf():
+    app = make_app(fanout_redis_url="redis://conf/0", fanout_key_prefix="conf")
+    s = Settings.from_app(app, redis_url="unix:///run/redis.sock", key_prefix="kw")
+    assert (s.redis_url, s.key_prefix) == ("unix:///run/redis.sock", "kw")
+    assert Settings.from_app(app, redis_url=None).redis_url == "redis://conf/0"
+
+
+@pytest.mark.parametrize("url", ["redis://h/0", "rediss://h/0", "redis+socket:///tmp/r.sock",
+                                 "unix:///tmp/r.sock"])
+def test_settings_accept_every_redis_url_scheme(url):
+    assert Settings.from_app(make_app(broker="amqp://h//", fanout_redis_url=url)).redis_url == url
+
+
+def test_settings_need_a_redis_url_when_the_broker_is_not_redis():
+    with pytest.raises(ConfigurationError, match="set app.conf.fanout_redis_url"):
+        Settings.from_app(make_app(broker="amqp://guest@h//"))
+
+
+@pytest.mark.parametrize("conf, message", [
+    ({"fanout_lease_seconds": 0}, "fanout_lease_seconds must be a positive number"),
+    ({"fanout_retention": "7d"}, "fanout_retention must be a positive number"),
+    ({"fanout_max_steps": True}, "fanout_max_steps must be a positive integer"),
+    ({"fanout_max_event_bytes": 1.5}, "fanout_max_event_bytes must be a positive integer"),
+    ({"fanout_key_prefix": "a{b}"}, "fanout_key_prefix must be a non-empty string"),
+    ({"fanout_key_prefix": ""}, "fanout_key_prefix must be a non-empty string"),
+])
+def test_settings_reject_bad_values(conf, message):
+    with pytest.raises(ConfigurationError, match=message):
+        Settings.from_app(make_app(**conf))
+
+
+def test_settings_repr_hides_the_redis_password():
+    s = Settings.from_app(make_app(broker="redis://:s3cret@cache:6379/0"))
+    assert s.redis_url == "redis://:s3cret@cache:6379/0"
+    assert "s3cret" not in repr(s)
+    assert "redis://:***@cache:6379/0" in repr(s)
+
+
+def test_a_bad_url_error_does_not_leak_the_password():
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_app(make_app(fanout_redis_url="http://bob:s3cret@cache:80/"))
+    assert "s3cret" not in str(caught.value) and "bob:***@cache" in str(caught.value)
+
+
+@pytest.mark.parametrize("url, redacted", [
+    ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+    ("redis://user:pw@h:6379/0", "redis://user:***@h:6379/0"),
+    ("rediss://user:p%40ss@h/0", "rediss://user:***@h/0"),
+    ("redis://h:6379/0", "redis://h:6379/0"),
+    ("unix:///tmp/r.sock", "unix:///tmp/r.sock"),
+])
+def test_redact_url_replaces_only_the_password(url, redacted):
+    assert redact_url(url) == redacted
+
+
+# -- cron --------------------------------------------------------------------------------
+
+def test_parse_cron_reads_five_fields_in_utc():
+    spec = parse_cron("0 12 * * 5")
+    assert (spec.expr, spec.zone, spec.text) == ("0 12 * * 5", "UTC", "0 12 * * 5")
+
+
+def test_parse_cron_reads_a_tz_prefix():
+    spec = parse_cron("TZ=Europe/Paris 0 12 * * 5")
+    assert (spec.expr, spec.zone) == ("0 12 * * 5", "Europe/Paris")
+    assert spec.tz.key == "Europe/Paris"
+    assert parse_cron("CRON_TZ=America/New_York 0 9 * * 1-5").zone == "America/New_York"
+
+
+def test_parse_cron_normalises_whitespace_and_accepts_six_fields():
+    assert parse_cron("  */5   *  * * *  ").expr == "*/5 * * * *"
+    assert parse_cron("* * * * * */2").expr == "* * * * * */2"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "non-empty string"),
+    (None, "non-empty string"),
+    (5, "non-empty string"),
+    ("* * * *", "must have 5 fields"),
+    ("* * * * * * *", "must have 5 fields"),
+    ("60 * * * *", "does not parse"),
+    ("* 24 * * *", "does not parse"),
+    ("0 12 * * funday", "does not parse"),
+    ("TZ=Nowhere/Special 0 12 * * *", "unknown time zone 'Nowhere/Special'"),
+    ("TZ= 0 12 * * *", "unknown time zone"),
+])
+def test_parse_cron_rejects_bad_expressions(text, message):
+    with pytest.raises(ConfigurationError, match=message):
+        parse_cron(text)
