@@ -104,3 +104,9 @@ class Suspend(BaseException):  # noqa: N818 - a control-flow signal, not an erro
         self.wake_at_ms = wake_at_ms
         # (step key, encoded record, record) to checkpoint together with parking.
         self.step = step
+        # True when the step already parked the run (atomically with registering a wait).
+        self.parked = False
+
+
+class CancelRequested(BaseException):  # noqa: N818 - a control-flow signal, not an error
+    """Internal: the run was cancelled while executing; stop at this step boundary."""

@@ -27,6 +27,7 @@ SYSTEM_PREFIX = "fanout/"
 FUNCTION_FAILED = "fanout/function.failed"
 FUNCTION_FINISHED = "fanout/function.finished"
 FUNCTION_INVOKED = "fanout/function.invoked"
+FUNCTION_CANCELLED = "fanout/function.cancelled"
 SCHEDULED_TIMER = "fanout/scheduled.timer"
 
 

@@ -10,6 +10,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    CancelRequested,
     ConfigurationError,
     InvalidEventError,
     InvalidStepError,
@@ -18,7 +19,14 @@ from .errors import (
     StepError,
     Suspend,
 )
-from .events import FUNCTION_FAILED, FUNCTION_FINISHED, derived_id, dumps, now_ms
+from .events import (
+    FUNCTION_CANCELLED,
+    FUNCTION_FAILED,
+    FUNCTION_FINISHED,
+    derived_id,
+    dumps,
+    now_ms,
+)
 from .retry import retry_at_ms
 from .step import Context, error_info
 
@@ -28,6 +36,8 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 logger = logging.getLogger("fanout.execution")
+
+LIFECYCLE = (FUNCTION_FINISHED, FUNCTION_FAILED, FUNCTION_CANCELLED)
 
 # Errors that will fail the same way on every attempt: retrying them is pointless.
 PERMANENT = (NonRetriableError, StepError, InvalidStepError, InvalidEventError,
@@ -110,38 +120,68 @@ class Execution:
     def lease_exp(self) -> int:
         return now_ms() + int(self.settings.lease_seconds * 1000)
 
+    def _commit(self, mode: str, what: str, **kwargs: Any) -> tuple[int, str | None]:
+        code, current = self.fanout.store.commit(self.run_id, self.token, mode, **kwargs)
+        if code == 0:
+            raise LeaseLostError(f"run {self.run_id} lost its lease {what}")
+        if code == -1:
+            raise CancelRequested()
+        return code, current
+
     def checkpoint(self, key: str, encoded: str, record: dict[str, Any]) -> None:
-        if not self.fanout.store.commit(self.run_id, self.token, "step", step_key=key,
-                                        step_json=encoded, ms=self.lease_exp()):
-            raise LeaseLostError(f"run {self.run_id} lost its lease before step {key!r}")
+        self._commit("step", f"before step {key!r}", step_key=key, step_json=encoded,
+                     ms=self.lease_exp())
         self.memo[key] = record
 
+    def settle(self, key: str, expect: str, encoded: str, record: dict[str, Any],
+               waits: tuple[str, str] | None = None) -> dict[str, Any]:
+        """Checkpoint ``record`` only if the step is still ``expect`` (a timeout racing an
+        event or a child run); returns the record that won."""
+        code, current = self._commit("step", f"at step {key!r}", step_key=key,
+                                     step_json=encoded, ms=self.lease_exp(), expect=expect,
+                                     waits=waits)
+        if code == 2:
+            record = json.loads(current) if current else record
+        self.memo[key] = record
+        return record
+
     def park(self, status: str, wake_at: int | None, step: tuple[str, str, Any] | None = None,
-             **fields: str) -> None:
+             expect: tuple[str, str] | None = None, **fields: str) -> dict[str, Any] | None:
+        """Park the run until ``wake_at``. With ``expect=(key, status)``, park only if that
+        step is still in that status; otherwise return its new record (resolved)."""
         key, encoded = (step[0], step[1]) if step else ("", "")
-        if not self.fanout.store.commit(
-            self.run_id, self.token, "park", step_key=key, step_json=encoded,
+        if expect:
+            key = expect[0]
+        code, current = self._commit(
+            "park", "while parking", step_key=key, step_json=encoded,
             ms="" if wake_at is None else wake_at, fields={"status": status, **fields},
-        ):
-            raise LeaseLostError(f"run {self.run_id} lost its lease while parking")
+            expect=expect[1] if expect else "",
+        )
+        if code == 2:
+            record: dict[str, Any] = json.loads(current) if current else {}
+            self.memo[key] = record
+            return record
+        return None
 
     def finish(self, status: str, **fields: str) -> None:
         retention = int(self.settings.retention * 1000)
-        if not self.fanout.store.commit(
-            self.run_id, self.token, "finish", ms=retention,
-            fields={"status": status, "ended_at": str(now_ms()), **fields},
-        ):
-            raise LeaseLostError(f"run {self.run_id} lost its lease while finishing")
+        self._commit("finish", "while finishing", ms=retention,
+                     fields={"status": status, "ended_at": str(now_ms()), **fields})
 
     # -- the attempt ---------------------------------------------------------------
     def execute(self) -> str:
         """Call the handler from the top; returns the status the run was left in."""
+        if self.run.get("cancel"):
+            return self._cancelled()
         ctx = Context(self)
         try:
             output = self.function.handler(ctx)
         except Suspend as sus:
-            self.park(sus.status, sus.wake_at_ms, sus.step)
+            if not sus.parked:
+                self.park(sus.status, sus.wake_at_ms, sus.step)
             return sus.status
+        except CancelRequested:
+            return self._cancelled()
         except LeaseLostError:
             raise
         except PERMANENT as exc:
@@ -153,8 +193,11 @@ class Execution:
             wake = retry_at_ms(policy, self.body_attempt + 1, now_ms(), exc)
             self.log.info("run %s: handler raised %r; retry %d in %.2fs", self.run_id, exc,
                           self.body_attempt + 1, (wake - now_ms()) / 1000)
-            self.park("queued", wake, attempt=str(self.body_attempt + 1),
-                      error=dumps(error_info(exc)))
+            try:
+                self.park("queued", wake, attempt=str(self.body_attempt + 1),
+                          error=dumps(error_info(exc)))
+            except CancelRequested:
+                return self._cancelled()
             return "queued"
         try:
             encoded = dumps(output)
@@ -162,7 +205,8 @@ class Execution:
             return self._fail(InvalidStepError(
                 f"function {self.function.function_id!r} returned a value that is not JSON: "
                 f"{exc}"))
-        self._emit(FUNCTION_FINISHED, {"output": output})
+        self._announce(FUNCTION_FINISHED, {"output": output},
+                       {"status": "completed", "output": output})
         self.finish("completed", output=encoded, error="")
         return "completed"
 
@@ -172,16 +216,30 @@ class Execution:
             info = {**exc.error, "step": exc.step_id}
         self.log.warning("run %s of %s failed: %s: %s", self.run_id, self.function.function_id,
                          info["type"], info["message"])
-        self._emit(FUNCTION_FAILED, {"error": info})
+        self._announce(FUNCTION_FAILED, {"error": info}, {"status": "failed", "error": info})
         self.finish("failed", error=dumps(info))
         return "failed"
+
+    def _cancelled(self) -> str:
+        reason = self.fanout.store.client.hget(self.fanout.store.keys.run(self.run_id), "cancel")
+        info = json.loads(reason) if reason else {"type": "Cancelled", "message": "cancelled"}
+        self.log.info("run %s of %s cancelled", self.run_id, self.function.function_id)
+        self._announce(FUNCTION_CANCELLED, {"error": info}, {"status": "failed", "error": info})
+        self.finish("cancelled", error=dumps(info))
+        return "cancelled"
+
+    def _announce(self, name: str, data: dict[str, Any], outcome: dict[str, Any]) -> None:
+        # Done before the run is marked final, idempotently: a crash in between replays the
+        # run, which announces the same outcome again and changes nothing the second time.
+        self.fanout.run_ended(self.run_id, self.run, outcome)
+        self._emit(name, data)
 
     def _emit(self, name: str, data: dict[str, Any]) -> None:
         # Sent before the run is marked final, with an id derived from the run: a crash in
         # between replays the run and sends the same event again, which starts nothing new.
         # A run started by a lifecycle event announces nothing itself: a function subscribed
         # to fanout/function.finished would otherwise start itself again, forever.
-        if self.events and self.events[0].get("name") in (FUNCTION_FINISHED, FUNCTION_FAILED):
+        if self.events and self.events[0].get("name") in LIFECYCLE:
             return
         payload = {"function_id": self.function.function_id, "run_id": self.run_id,
                    "event": self.events[0] if self.events else None, **data}
@@ -207,6 +265,12 @@ def run_attempt(fanout: Fanout, function: FunctionDef, run_id: str) -> str:
         return started.kind
     fanout.leases.hold(run_id, token)
     try:
+        finish_after = function.timeouts.finish_seconds if function.timeouts else None
+        if finish_after is not None:
+            # Idempotent (same member, same score), so a resumed run keeps its deadline.
+            first_start = int(started.run.get("started_at") or now)
+            fanout.store.add_deadlines([(f"finish:{run_id}",
+                                         first_start + int(finish_after * 1000))])
         return Execution(fanout, function, run_id, token, started.run, started.steps).execute()
     except LeaseLostError as exc:
         logger.warning("%s; another worker resumes it", exc)

@@ -8,12 +8,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
 
-from . import scheduler
+from . import control, scheduler
 from .cron import check_missed, parse_cron
+from .durations import instant_ms
 from .errors import (
     ConfigurationError,
     DuplicateFunctionError,
@@ -31,6 +33,7 @@ from .events import (
     prepare_batch,
 )
 from .execution import LeaseKeeper, run_attempt
+from .flow import CancelOn, Timeouts, coerce_cancel_on
 from .function import (
     Function,
     FunctionDef,
@@ -111,6 +114,8 @@ class Fanout:
                  on_failure: Callable[..., Any] | None = None,
                  name: str | None = None, queue: str | None = None,
                  cron_missed: str = "latest", cron_missed_limit: int = 10,
+                 cancel_on: CancelOn | Sequence[CancelOn] | None = None,
+                 timeouts: Timeouts | None = None,
                  **task_options: Any) -> Callable[[Callable[..., Any]], Function]:
         """Declare a durable function triggered by ``event`` and/or ``cron``.
 
@@ -118,11 +123,16 @@ class Fanout:
         Celery task (``fanout.<id>`` unless ``name`` is given). ``cron_missed`` says what
         happens to slots missed while beat was down: ``latest`` (default) fires the most
         recent one, ``all`` up to ``cron_missed_limit`` of them, ``none`` skips them.
+        ``cancel_on`` cancels a run when a matching event arrives; ``timeouts`` cancels
+        runs still queued after ``start`` or unfinished after ``finish``.
         """
         check_function_id(id)
         events = check_events(as_list(event, "event"))
         crons = tuple(parse_cron(c).text for c in as_list(cron, "cron"))
         missed, missed_limit = check_missed(cron_missed, cron_missed_limit)
+        cancel_list = coerce_cancel_on(cancel_on)
+        if timeouts is not None and not isinstance(timeouts, Timeouts):
+            raise ConfigurationError(f"function {id!r}: timeouts must be a Timeouts(...)")
         policy = RetryPolicy.coerce(retries)
         check_task_options(task_options, id)
         if queue is not None and (not isinstance(queue, str) or not queue):
@@ -142,7 +152,8 @@ class Fanout:
                 function_id=id, handler=handler, events=events, crons=crons,
                 retry_policy=policy, task_name=name or f"fanout.{id}", queue=queue or "",
                 on_failure=f"{id}-failure" if on_failure else None,
-                missed=missed, missed_limit=missed_limit,
+                missed=missed, missed_limit=missed_limit, cancel_on=cancel_list,
+                timeouts=timeouts,
             )
             task = self._register(definition, task_options)
             if crons:
@@ -217,7 +228,7 @@ class Fanout:
             self._dispatch([record], parent=parent)
 
     def _dispatch(self, records: list[dict[str, Any]], parent: tuple[str, str] | None,
-                  only: Subscription | None = None) -> int:
+                  only: Subscription | None = None, notify_parent: bool = False) -> int:
         """Create the runs the events start, publish the new ones; returns how many."""
         if self.functions and not self._published:
             self.publish_subscriptions()
@@ -228,20 +239,23 @@ class Fanout:
             chunk = records[start:start + CHUNK]
             now = now_ms()
             runs: list[NewRun] = []
+            subs_by_id: dict[str, Subscription] = {}
             for record in chunk:
-                subs = [only] if only else self.router.subscribers(record)
-                for sub in subs:
-                    runs.append(self._new_run(sub, [record], now, parent))
-            created = self.store.create_runs(
-                runs, chunk, now, now + int(s.lease_seconds * 1000), keep_events)
+                for sub in [only] if only else self.router.subscribers(record):
+                    subs_by_id[sub.function_id] = sub
+                    runs.append(self._new_run(sub, [record], now, parent, notify_parent))
+            created, waiters = self.store.create_runs(
+                runs, chunk, now, now + int(s.lease_seconds * 1000), keep_events,
+                int(s.wait_lookback * 1000))
             fresh = [run for run, made in zip(runs, created, strict=True) if made]
             self._publish(fresh)
             self.store.confirm_dispatched([run.run_id for run in fresh])
+            control.after_create(self, chunk, waiters, fresh, subs_by_id)
             count += len(fresh)
         return count
 
     def _new_run(self, sub: Subscription, records: list[dict[str, Any]], now: int,
-                 parent: tuple[str, str] | None) -> NewRun:
+                 parent: tuple[str, str] | None, notify_parent: bool = False) -> NewRun:
         run_id = derived_id(sub.function_id, records[0]["id"])
         fields = {
             "function": sub.function_id, "task": sub.task, "queue": sub.queue,
@@ -250,6 +264,8 @@ class Fanout:
         }
         if parent is not None:
             fields["parent_run_id"], fields["parent_step_id"] = parent
+            if notify_parent:
+                fields["notify_parent"] = "1"
         return NewRun(run_id=run_id, function_id=sub.function_id,
                       event_ids=[r["id"] for r in records], fields=fields)
 
@@ -283,6 +299,42 @@ class Fanout:
                          max_bytes=self.settings.max_event_bytes, allow_system=True)
         self._dispatch([record], parent=None, only=sub)
         return derived_id(fid, record["id"])
+
+    def subscription_of(self, function_id: Any) -> Subscription | None:
+        """The subscription of a function declared here or published by another process."""
+        if not isinstance(function_id, str):
+            return None
+        local = self.functions.get(function_id)
+        return local.subscription() if local else self.router.all().get(function_id)
+
+    def start_child(self, sub: Subscription, event: dict[str, Any],
+                    parent: tuple[str, str]) -> None:
+        """Start (once) the run of ``step.invoke``; it resolves the parent when it ends."""
+        record = prepare(event, max_bytes=self.settings.max_event_bytes, allow_system=True)
+        self._dispatch([record], parent=parent, only=sub, notify_parent=True)
+
+    def resolve_waits(self, name: str, waiters: dict[str, str],
+                      events: Sequence[dict[str, Any]]) -> int:
+        return control.resolve_waits(self, name, waiters, events)
+
+    def run_ended(self, run_id: str, run: dict[str, str], outcome: dict[str, Any]) -> None:
+        control.run_ended(self, run_id, run, outcome)
+
+    def cancel(self, run_id: str, reason: str = "cancelled") -> str:
+        """Cancel a run: at once when it is queued, sleeping or waiting; at its next step
+        boundary when it is executing. Emits ``fanout/function.cancelled``. Returns
+        ``cancelled``, ``requested``, ``final`` (already over) or ``missing``."""
+        return control.cancel(self, run_id, reason)
+
+    def cancel_runs(self, function: Function | str, started_after: datetime | None = None,
+                    started_before: datetime | None = None) -> int:
+        """Cancel the runs of ``function`` created in the time range; returns how many."""
+        fid = function if isinstance(function, str) else getattr(function, "function_id", None)
+        if self.subscription_of(fid) is None or not isinstance(fid, str):
+            raise UnknownFunctionError(f"no function {function!r} is declared or published")
+        return control.cancel_runs(
+            self, fid, None if started_after is None else instant_ms(started_after),
+            None if started_before is None else instant_ms(started_before))
 
     def start_scheduled(self, sub: Subscription, record: dict[str, Any]) -> int:
         """Start the run of one cron slot unless it exists; returns 1 if started."""
@@ -329,6 +381,7 @@ class Fanout:
         s = self.settings
         now = now_ms()
         deadline = now + int(s.redispatch_seconds * 1000)
+        control.expire_deadlines(self)
         run_ids = self.store.claim_due(now, deadline, limit)
         expired = self.store.expired_leases(now, deadline, limit)
         if expired:

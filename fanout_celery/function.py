@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Task
 
 from .errors import ConfigurationError
+from .flow import CancelOn, Timeouts
 from .retry import RetryPolicy
 from .routing import Subscription, check_pattern
 
@@ -42,12 +43,16 @@ class FunctionDef:
     on_failure: str | None = None
     missed: str = "latest"
     missed_limit: int = 10
+    cancel_on: tuple[CancelOn, ...] = ()
+    timeouts: Timeouts | None = None
 
     def subscription(self) -> Subscription:
         return Subscription(function_id=self.function_id, events=self.events,
                             task=self.task_name, queue=self.queue, where=self.where,
                             crons=self.crons, missed=self.missed,
-                            missed_limit=self.missed_limit)
+                            missed_limit=self.missed_limit,
+                            cancel_on=tuple(tuple(c.as_list()) for c in self.cancel_on),
+                            start_timeout=self.timeouts.start_seconds if self.timeouts else None)
 
 
 class Function(Task):  # type: ignore[misc]

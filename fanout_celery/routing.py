@@ -67,6 +67,9 @@ class Subscription:
     crons: tuple[str, ...] = ()
     missed: str = "latest"
     missed_limit: int = 10
+    # (event, match path, timeout seconds) of each cancel_on, and the start timeout.
+    cancel_on: tuple[tuple[Any, ...], ...] = ()
+    start_timeout: float | None = None
 
     def accepts(self, event: dict[str, Any]) -> bool:
         if not any(matches(p, event["name"]) for p in self.events):
@@ -76,7 +79,9 @@ class Subscription:
     def dumps(self) -> str:
         return json.dumps({"events": list(self.events), "task": self.task, "queue": self.queue,
                            "where": [list(w) for w in self.where], "crons": list(self.crons),
-                           "missed": self.missed, "missed_limit": self.missed_limit})
+                           "missed": self.missed, "missed_limit": self.missed_limit,
+                           "cancel_on": [list(c) for c in self.cancel_on],
+                           "start_timeout": self.start_timeout})
 
     @classmethod
     def loads(cls, function_id: str, raw: str) -> Subscription:
@@ -85,7 +90,9 @@ class Subscription:
                    queue=data.get("queue", ""),
                    where=tuple((p, v) for p, v in data.get("where", [])),
                    crons=tuple(data.get("crons", [])), missed=data.get("missed", "latest"),
-                   missed_limit=int(data.get("missed_limit", 10)))
+                   missed_limit=int(data.get("missed_limit", 10)),
+                   cancel_on=tuple(tuple(c) for c in data.get("cancel_on", [])),
+                   start_timeout=data.get("start_timeout"))
 
 
 class Router:

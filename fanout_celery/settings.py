@@ -26,6 +26,9 @@ DEFAULTS: dict[str, Any] = {
     # A timer claimed by a pump whose message never started a task is claimed again
     # after this long; it only matters when a pump or broker loses a message.
     "redispatch_seconds": 300,
+    # How far back a newly registered wait_for_event looks for events it may have just
+    # missed (sent after the previous step, before the wait was registered).
+    "wait_lookback": 300,
 }
 
 
@@ -68,6 +71,7 @@ class Settings:
     lease_seconds: float = 30.0
     pump_interval: float = 0.2
     redispatch_seconds: float = 300.0
+    wait_lookback: float = 300.0
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -119,4 +123,5 @@ class Settings:
             lease_seconds=_seconds("lease_seconds", raw["lease_seconds"]),
             pump_interval=_seconds("pump_interval", raw["pump_interval"]),
             redispatch_seconds=_seconds("redispatch_seconds", raw["redispatch_seconds"]),
+            wait_lookback=_seconds("wait_lookback", raw["wait_lookback"]),
         )

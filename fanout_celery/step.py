@@ -19,6 +19,7 @@ from .errors import (
 )
 from .events import derived_id, dumps, now_ms
 from .retry import RetryPolicy, retry_at_ms
+from .waiting import WaitingSteps
 
 if TYPE_CHECKING:
     from .execution import Execution
@@ -35,7 +36,7 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     }
 
 
-class Step:
+class Step(WaitingSteps):
     """Checkpointed operations. Each takes a step id unique within the run; an id
     repeated (in a loop) gets an implicit counter: ``id``, ``id:1``, ``id:2``…"""
 

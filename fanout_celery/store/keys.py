@@ -52,6 +52,27 @@ class Keys:
         """Hash: function id -> the time (ms) up to which its cron slots were examined."""
         return f"{self.prefix}:cron"
 
+    def waits(self, event_name: str) -> str:
+        """Hash: ``<run_id> <step key>`` -> JSON waiter (match path, value, timeout) of the
+        steps waiting for an event of that name."""
+        return f"{self.prefix}:waits:{event_name}"
+
+    def recent(self, event_name: str) -> str:
+        """Zset: event id -> time sent, for the last few minutes of events of that name,
+        so a wait registered just after its event still finds it."""
+        return f"{self.prefix}:recent:{event_name}"
+
+    def cancels(self, event_name: str) -> str:
+        """Hash: run id -> JSON (match path, value, expiry) of runs an event of that name
+        cancels (``cancel_on``)."""
+        return f"{self.prefix}:cancels:{event_name}"
+
+    @property
+    def deadlines(self) -> str:
+        """Zset: ``start:<run_id>`` / ``finish:<run_id>`` -> when the run's start or
+        finish timeout expires."""
+        return f"{self.prefix}:deadlines"
+
     def event(self, event_id: str) -> str:
         """String: the stored event (JSON), kept for the retention period."""
         return f"{self.prefix}:event:{event_id}"

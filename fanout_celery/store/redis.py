@@ -34,6 +34,15 @@ class StartResult:
 
 
 @dataclass(frozen=True)
+class Waiters:
+    """Who waits for events of one name: step waiters and cancel_on entries (raw JSON)."""
+
+    name: str
+    steps: dict[str, str]
+    cancels: dict[str, str]
+
+
+@dataclass(frozen=True)
 class NewRun:
     """A run to create: its id, function, and the fields of its record."""
 
@@ -56,16 +65,30 @@ class RedisStore:
         self._renew = self.client.register_script(scripts.RENEW)
         self._claim = self.client.register_script(scripts.CLAIM)
         self._expire_lease = self.client.register_script(scripts.EXPIRE_LEASE)
+        self._note_events = self.client.register_script(scripts.NOTE_EVENTS)
+        self._register_wait = self.client.register_script(scripts.REGISTER_WAIT)
+        self._resolve = self.client.register_script(scripts.RESOLVE)
+        self._cancel = self.client.register_script(scripts.CANCEL)
 
     # -- creating runs -------------------------------------------------------------
-    def create_runs(self, runs: Sequence[NewRun], events: Iterable[dict[str, Any]],
-                    now_ms: int, dispatch_deadline_ms: int, retention_ms: int) -> list[bool]:
-        """Store the events and create the runs that do not exist yet, in one pipeline.
+    def create_runs(self, runs: Sequence[NewRun], events: Sequence[dict[str, Any]],
+                    now_ms: int, dispatch_deadline_ms: int, retention_ms: int,
+                    lookback_ms: int) -> tuple[list[bool], list[Waiters]]:
+        """Store the events, note them as recent, read who waits for their names, and
+        create the runs that do not exist yet — in one pipeline.
 
-        Returns, for each run, whether this call created it.
+        Returns, for each run, whether this call created it, and for each distinct event
+        name (in first-seen order) its step waiters and cancel_on entries.
         """
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
+        by_name: dict[str, list[str]] = {}
+        for ev in events:
+            by_name.setdefault(ev["name"], []).append(ev["id"])
+        for name, ids in by_name.items():
+            self._note_events(keys=[k.recent(name), k.waits(name), k.cancels(name)],
+                              args=[now_ms, now_ms - lookback_ms, lookback_ms, *ids],
+                              client=pipe)
         for ev in events:
             pipe.set(k.event(ev["id"]), json.dumps(ev, separators=(",", ":")),
                      nx=True, px=retention_ms)
@@ -80,6 +103,8 @@ class RedisStore:
                 client=pipe,
             )
         results = pipe.execute()
+        waiters = [Waiters(name, _pairs(w), _pairs(c))
+                   for name, (w, c) in zip(by_name, results[:len(by_name)], strict=True)]
         created = [bool(r) for r in results[len(results) - len(runs):]]
         # A batch run (several events) is listed under each of its events.
         extra = [(run, eid) for run, made in zip(runs, created, strict=True) if made
@@ -90,7 +115,7 @@ class RedisStore:
                 pipe.sadd(k.event_runs(eid), run.run_id)
                 pipe.pexpire(k.event_runs(eid), retention_ms)
             pipe.execute()
-        return created
+        return created, waiters
 
     def confirm_dispatched(self, run_ids: Sequence[str]) -> None:
         """The runs' messages are on the broker: the sender no longer needs cover."""
@@ -111,16 +136,99 @@ class RedisStore:
 
     def commit(self, run_id: str, token: str, mode: str, *, step_key: str = "",
                step_json: str = "", ms: int | str = "", fields: dict[str, str] | None = None,
-               ) -> bool:
-        """Checkpoint a step and/or move the run to ``mode`` (step, park, finish)."""
+               expect: str = "", waits: tuple[str, str] | None = None,
+               ) -> tuple[int, str | None]:
+        """Checkpoint a step and/or move the run to ``mode`` (step, park, finish).
+
+        Returns ``(1, None)`` when done, ``(0, None)`` when the lease is lost, ``(-1, None)``
+        when a cancel was requested, and ``(2, record)`` when ``expect`` was given and the
+        step's record is no longer in that status (``record`` is its current JSON).
+        ``waits`` is ``(event name, field)`` of a waiter to remove.
+        """
         k = self.keys
         flat: list[str] = []
         for name, value in (fields or {}).items():
             flat += [name, value]
-        return bool(self._commit(
-            keys=[k.run(run_id), k.steps(run_id), k.leases, k.timers],
-            args=[run_id, token, mode, step_key, step_json, ms, *flat],
+        waits_key, waits_field = (k.waits(waits[0]), waits[1]) if waits else (k.run(run_id), "")
+        raw = self._commit(
+            keys=[k.run(run_id), k.steps(run_id), k.leases, k.timers, waits_key],
+            args=[run_id, token, mode, step_key, step_json, ms, expect, waits_field, *flat],
+        )
+        if isinstance(raw, list):
+            return 2, raw[1]
+        return int(raw), None
+
+    def register_wait(self, run_id: str, token: str, step_key: str, step_json: str,
+                      event_name: str, field: str, waiter_json: str, timeout_ms: int,
+                      since_ms: int) -> tuple[int, list[str]]:
+        """Register a waiter and park the run; returns (1, ids of events of that name sent
+        since ``since_ms``), (0, []) when the lease is lost, (-1, []) on cancel."""
+        k = self.keys
+        raw = self._register_wait(
+            keys=[k.run(run_id), k.steps(run_id), k.leases, k.timers, k.waits(event_name),
+                  k.recent(event_name)],
+            args=[run_id, token, step_key, step_json, field, waiter_json, timeout_ms, since_ms],
+        )
+        return int(raw[0]), list(raw[1]) if len(raw) > 1 else []
+
+    def resolve(self, run_id: str, step_key: str, expect: str, record_json: str,
+                deadline_ms: int, waits: tuple[str, str] | None = None,
+                ) -> tuple[str, str] | bool:
+        """Resolve a waiting step from outside its run; ``(task, queue)`` when the run must
+        be enqueued now, True when it is executing, False when nothing was resolved."""
+        k = self.keys
+        waits_key, waits_field = (k.waits(waits[0]), waits[1]) if waits else (k.run(run_id), "")
+        raw = self._resolve(
+            keys=[k.run(run_id), k.steps(run_id), k.timers, waits_key],
+            args=[run_id, step_key, expect, record_json, waits_field, deadline_ms],
+        )
+        if isinstance(raw, list):
+            return str(raw[0]), str(raw[1])
+        return bool(raw)
+
+    def cancel(self, run_id: str, now_ms: int, retention_ms: int, error_json: str) -> str:
+        """Cancel a run; returns cancelled, requested (it is executing), final or missing."""
+        k = self.keys
+        return str(self._cancel(
+            keys=[k.run(run_id), k.steps(run_id), k.timers, k.leases, k.dispatch],
+            args=[run_id, now_ms, retention_ms, error_json],
         ))
+
+    def get_events(self, event_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        if not event_ids:
+            return []
+        raw = self.client.mget([self.keys.event(e) for e in event_ids])
+        return [None if r is None else dict(json.loads(r)) for r in raw]
+
+    def drop_waiters(self, entries: Sequence[tuple[str, str]], cancels: bool = False) -> None:
+        """Remove ``(event name, field)`` entries from the waits (or cancels) indexes."""
+        if not entries:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for name, member in entries:
+            pipe.hdel(self.keys.cancels(name) if cancels else self.keys.waits(name), member)
+        pipe.execute()
+
+    def add_cancels(self, entries: Sequence[tuple[str, str, str]]) -> None:
+        """Register ``(event name, run id, JSON)`` cancel_on entries."""
+        if not entries:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for name, run_id, raw in entries:
+            pipe.hset(self.keys.cancels(name), run_id, raw)
+        pipe.execute()
+
+    def add_deadlines(self, entries: Sequence[tuple[str, int]]) -> None:
+        """Schedule ``(member, when_ms)`` timeouts (``start:<run>`` / ``finish:<run>``)."""
+        if entries:
+            self.client.zadd(self.keys.deadlines, {m: when for m, when in entries})
+
+    def claim_deadlines(self, now_ms: int, limit: int = 500) -> list[str]:
+        due = self.client.zrangebyscore(self.keys.deadlines, "-inf", now_ms, start=0, num=limit)
+        if due:
+            # Another pump may claim the same members at once; cancelling twice is harmless.
+            self.client.zrem(self.keys.deadlines, *due)
+        return list(due)
 
     def renew(self, leases: Sequence[tuple[str, str]], lease_exp_ms: int) -> list[bool]:
         """Renew the leases ``(run_id, token)`` still held; returns which were."""

@@ -55,21 +55,32 @@ return out
 
 # Write a step checkpoint and/or change the run's state, fenced by the lease token: an
 # execution whose lease was taken over writes nothing.
-# KEYS: 1 run, 2 steps, 3 leases, 4 timers
+# KEYS: 1 run, 2 steps, 3 leases, 4 timers, 5 waits index of the step's event (or any key)
 # ARGV: 1 run_id, 2 token, 3 mode ('step' | 'park' | 'finish'), 4 step_key ('' = none),
-#       5 step_json, 6 ms (step: new lease expiry; park: wake time or ''; finish: retention),
-#       7.. field, value pairs to set on the run
-# Returns 1, or 0 when the lease is lost.
+#       5 step_json ('' = none), 6 ms (step: new lease expiry; park: wake time or '';
+#       finish: retention), 7 expected status of the step's current record ('' = any),
+#       8 field to delete from the waits index ('' = none), 9.. field, value pairs for the run
+# Returns 1; 0 when the lease is lost; -1 when a cancel was requested (the checkpoint is
+# written, the run must stop); {'changed', record} when the step's record is no longer in
+# the expected status (an event or a child run resolved it meanwhile).
 COMMIT = """
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] then return 0 end
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], ARGV[5]) end
-if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+if ARGV[7] ~= '' then
+  local cur = redis.call('HGET', KEYS[2], ARGV[4])
+  if not cur or cjson.decode(cur)['status'] ~= ARGV[7] then return {'changed', cur or ''} end
+end
+if ARGV[8] ~= '' then redis.call('HDEL', KEYS[5], ARGV[8]) end
+if ARGV[4] ~= '' and ARGV[5] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], ARGV[5]) end
+if #ARGV > 8 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
 local mode = ARGV[3]
+local cancel = redis.call('HEXISTS', KEYS[1], 'cancel') == 1
 if mode == 'step' then
   redis.call('HSET', KEYS[1], 'lease_exp', ARGV[6])
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
+  if cancel then return -1 end
   return 1
 end
+if mode == 'park' and cancel then return -1 end
 redis.call('HDEL', KEYS[1], 'lease', 'lease_exp')
 redis.call('ZREM', KEYS[3], ARGV[1])
 if mode == 'park' then
@@ -79,7 +90,7 @@ if mode == 'park' then
   end
   return 1
 end
-redis.call('HDEL', KEYS[1], 'wake_at')
+redis.call('HDEL', KEYS[1], 'wake_at', 'cancel')
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
@@ -121,4 +132,84 @@ redis.call('HDEL', KEYS[1], 'lease', 'lease_exp')
 redis.call('HSET', KEYS[1], 'status', 'queued')
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 return 1
+"""
+
+# Record events of one name as recently sent (for waits registered just after them) and
+# return who waits for that name: step waiters and cancel_on subscriptions.
+# KEYS: 1 recent zset of the name, 2 waits hash of the name, 3 cancels hash of the name
+# ARGV: 1 now_ms, 2 keep_after_ms (older entries are trimmed), 3 ttl_ms, 4.. event ids
+NOTE_EVENTS = """
+for i = 4, #ARGV do redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3])}
+"""
+
+# Register a wait_for_event and park the run, atomically with reading the events of that
+# name sent since `since`: an event sent before this script is among them, one sent
+# after it finds the waiter. Nothing falls in between.
+# KEYS: 1 run, 2 steps, 3 leases, 4 timers, 5 waits hash, 6 recent zset
+# ARGV: 1 run_id, 2 token, 3 step_key, 4 step_json, 5 waits field, 6 waiter_json,
+#       7 timeout_ms (wake time), 8 since_ms
+# Returns {1, event ids sent since} or {0} when the lease is lost, {-1} on cancel.
+REGISTER_WAIT = """
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] then return {0} end
+if redis.call('HEXISTS', KEYS[1], 'cancel') == 1 then return {-1} end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+redis.call('HSET', KEYS[5], ARGV[5], ARGV[6])
+redis.call('HSET', KEYS[1], 'status', 'waiting', 'wake_at', ARGV[7])
+redis.call('HDEL', KEYS[1], 'lease', 'lease_exp')
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
+return {1, redis.call('ZRANGEBYSCORE', KEYS[6], ARGV[8], '+inf')}
+"""
+
+# Resolve a waiting step from outside its run (a matching event, a finished child run):
+# write its record if it is still in the expected status, and wake the run if parked.
+# KEYS: 1 run, 2 steps, 3 timers, 4 waits hash (or any key)
+# ARGV: 1 run_id, 2 step_key, 3 expected status, 4 record_json, 5 waits field ('' = none),
+#       6 redispatch_deadline_ms
+# Returns {task, queue} when the run was parked and must be enqueued now, 1 when it is
+# executing (it sees the record when it parks), 0 when there was nothing to resolve.
+RESOLVE = """
+if ARGV[5] ~= '' then redis.call('HDEL', KEYS[4], ARGV[5]) end
+local cur = redis.call('HGET', KEYS[2], ARGV[2])
+if not cur or cjson.decode(cur)['status'] ~= ARGV[3] then return 0 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'completed' or status == 'failed' or status == 'cancelled' then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+if status == 'waiting' or status == 'sleeping' then
+  redis.call('HSET', KEYS[1], 'status', 'queued')
+  redis.call('HDEL', KEYS[1], 'wake_at')
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
+  return {redis.call('HGET', KEYS[1], 'task'), redis.call('HGET', KEYS[1], 'queue') or ''}
+end
+return 1
+"""
+
+# Cancel a run: at once when it is queued or parked, or by flag when it is executing (the
+# execution stops at its next step boundary).
+# KEYS: 1 run, 2 steps, 3 timers, 4 leases, 5 dispatch
+# ARGV: 1 run_id, 2 now_ms, 3 retention_ms, 4 error_json
+# Returns 'cancelled', 'requested', 'final' or 'missing'.
+CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status == 'completed' or status == 'failed' or status == 'cancelled' then return 'final' end
+local lease = redis.call('HGET', KEYS[1], 'lease')
+local lease_exp = tonumber(redis.call('HGET', KEYS[1], 'lease_exp') or '0')
+if lease and lease ~= '' and lease_exp > tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'cancel', ARGV[4])
+  return 'requested'
+end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'ended_at', ARGV[2], 'error', ARGV[4])
+redis.call('HDEL', KEYS[1], 'lease', 'lease_exp', 'wake_at', 'cancel')
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 'cancelled'
 """
