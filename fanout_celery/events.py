@@ -64,6 +64,8 @@ class Event(BaseModel):
     ts: int | None = None
     user: dict[str, Any] | None = None
     v: str | None = None
+    # Set on events sent again by ``replay``: the id of the event replayed.
+    replay_of: str | None = None
 
     def __init__(self, /, **kwargs: Any) -> None:
         try:
@@ -140,6 +142,8 @@ def prepare(event: Any, *, max_bytes: int, event_id: str | None = None,
         record["user"] = ev.user
     if ev.v is not None:
         record["v"] = ev.v
+    if ev.replay_of is not None:
+        record["replay_of"] = ev.replay_of
     try:
         encoded = dumps(record)
     except (TypeError, ValueError) as exc:

@@ -371,6 +371,11 @@ class Fanout:
                 raise RunTimeoutError(f"run {run_id} still {state} after {timeout}s")
             time.sleep(interval)
 
+    def trim_history(self) -> None:
+        """Drop history entries (event and run indexes) older than the retention."""
+        cutoff = now_ms() - int(self.settings.retention * 1000)
+        self.store.trim_history(list(self.router.all()), cutoff)
+
     # -- the pump ------------------------------------------------------------------
     def pump_once(self, limit: int = 500) -> int:
         """Put due timers, stale dispatches and runs of dead workers back on the broker.

@@ -31,14 +31,19 @@ class StepRecord:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     kind: str = "run"
+    # Kind-specific details: wake_at (sleep), event and timeout_at (wait_for_event),
+    # child_run_id and function_id (invoke), retry_at (a step waiting to retry).
+    detail: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, step_id: str, raw: str) -> tuple[int, StepRecord]:
         rec = json.loads(raw)
+        detail = {k: rec[k] for k in ("wake_at", "event", "timeout_at", "child_run_id",
+                                      "function_id", "retry_at") if k in rec}
         return rec.get("seq", 0), cls(
             id=step_id, status=rec["status"], output=rec.get("output"), error=rec.get("error"),
             attempts=rec.get("attempts", 0), started_at=_time(rec.get("started_at")),
-            ended_at=_time(rec.get("ended_at")), kind=rec.get("kind", "run"),
+            ended_at=_time(rec.get("ended_at")), kind=rec.get("kind", "run"), detail=detail,
         )
 
     @property

@@ -48,6 +48,7 @@ class Pump:
                 if time.monotonic() - last_publish > REPUBLISH_SECONDS:
                     if self.fanout.functions:
                         self.fanout.publish_subscriptions()
+                    self.fanout.trim_history()
                     last_publish = time.monotonic()
                 sent = self.fanout.pump_once()
                 failures = 0

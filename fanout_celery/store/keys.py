@@ -73,6 +73,11 @@ class Keys:
         finish timeout expires."""
         return f"{self.prefix}:deadlines"
 
+    @property
+    def events(self) -> str:
+        """Zset: event id -> time stored (ms), every event kept for the retention period."""
+        return f"{self.prefix}:events"
+
     def event(self, event_id: str) -> str:
         """String: the stored event (JSON), kept for the retention period."""
         return f"{self.prefix}:event:{event_id}"

@@ -92,6 +92,8 @@ class RedisStore:
         for ev in events:
             pipe.set(k.event(ev["id"]), json.dumps(ev, separators=(",", ":")),
                      nx=True, px=retention_ms)
+        if events:
+            pipe.zadd(k.events, {ev["id"]: now_ms for ev in events}, nx=True)
         for run in runs:
             flat: list[str] = []
             for name, value in run.fields.items():
@@ -103,9 +105,11 @@ class RedisStore:
                 client=pipe,
             )
         results = pipe.execute()
+        if events:
+            results = results[:len(by_name)] + results[len(by_name) + len(events) + 1:]
         waiters = [Waiters(name, _pairs(w), _pairs(c))
                    for name, (w, c) in zip(by_name, results[:len(by_name)], strict=True)]
-        created = [bool(r) for r in results[len(results) - len(runs):]]
+        created = [bool(r) for r in results[len(by_name):]]
         # A batch run (several events) is listed under each of its events.
         extra = [(run, eid) for run, made in zip(runs, created, strict=True) if made
                  for eid in run.event_ids[1:]]
@@ -116,6 +120,24 @@ class RedisStore:
                 pipe.pexpire(k.event_runs(eid), retention_ms)
             pipe.execute()
         return created, waiters
+
+    def create_rerun(self, run_id: str, function_id: str, fields: dict[str, str],
+                     steps: dict[str, str], event_ids: Sequence[str], retention_ms: int,
+                     now_ms: int) -> None:
+        """Create a run (with a fresh id) whose step table starts with ``steps``."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        if steps:
+            mapping: dict[str | bytes, str] = {key: value for key, value in steps.items()}
+            pipe.hset(k.steps(run_id), mapping=mapping)
+        run_fields: dict[str | bytes, str] = {key: value for key, value in fields.items()}
+        pipe.hset(k.run(run_id), mapping=run_fields)
+        pipe.zadd(k.dispatch, {run_id: now_ms + 30_000})
+        pipe.zadd(k.function_runs(function_id), {run_id: now_ms})
+        for eid in event_ids:
+            pipe.sadd(k.event_runs(eid), run_id)
+            pipe.pexpire(k.event_runs(eid), retention_ms)
+        pipe.execute()
 
     def confirm_dispatched(self, run_ids: Sequence[str]) -> None:
         """The runs' messages are on the broker: the sender no longer needs cover."""
@@ -306,7 +328,9 @@ class RedisStore:
         return list(self.client.zrevrange(self.keys.function_runs(function_id), 0, limit - 1))
 
     def trim_history(self, function_ids: Iterable[str], older_than_ms: int) -> None:
+        """Forget history entries older than the retention (their runs have expired)."""
         pipe = self.client.pipeline(transaction=False)
+        pipe.zremrangebyscore(self.keys.events, "-inf", older_than_ms)
         for fid in function_ids:
             pipe.zremrangebyscore(self.keys.function_runs(fid), "-inf", older_than_ms)
         pipe.execute()
