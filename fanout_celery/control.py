@@ -47,7 +47,7 @@ def resolve_waits(fanout: Fanout, name: str, waiters: dict[str, str],
                                 now + int(fanout.settings.redispatch_seconds * 1000),
                                 waits=(name, field))
         if isinstance(outcome, tuple):
-            fanout.publish_run(run_id, outcome[0], outcome[1])
+            fanout.publish_run(run_id, *outcome)
             woken += 1
     store.drop_waiters(stale)
     return woken
@@ -151,7 +151,7 @@ def run_ended(fanout: Fanout, run_id: str, run: dict[str, str],
     resolved = fanout.store.resolve(parent, step_key, "invoking", record,
                                     now + int(fanout.settings.redispatch_seconds * 1000))
     if isinstance(resolved, tuple):
-        fanout.publish_run(parent, resolved[0], resolved[1])
+        fanout.publish_run(parent, *resolved)
 
 
 def expire_deadlines(fanout: Fanout) -> int:

@@ -52,6 +52,11 @@ class RunTimeoutError(FanoutError, TimeoutError):
     """``wait_for_run`` gave up before the run reached a final status."""
 
 
+class RunFailedError(FanoutError):
+    """Raised by a function's Celery task when its run failed, so that the task itself
+    ends as FAILURE in Flower and the result backend. The run's error is on the run."""
+
+
 class NonRetriableError(FanoutError):
     """Raise from a step or handler to fail at once, without further retries."""
 

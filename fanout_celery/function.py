@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
+from celery.exceptions import Ignore
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, RunFailedError
 from .flow import CancelOn, Timeouts
 from .retry import RetryPolicy
 from .routing import Subscription, check_pattern
 
 if TYPE_CHECKING:
     from .fanout import Fanout
+
+logger = logging.getLogger("fanout.function")
+
+# The Celery task event sent when a run parks, by the status it parks in.
+PARKED_EVENTS = {"queued": "task-retrying", "sleeping": "task-sleeping",
+                 "waiting": "task-waiting"}
 
 FUNCTION_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,127}$")
 
@@ -73,6 +81,26 @@ class Function(Task):  # type: ignore[misc]
     @property
     def function_id(self) -> str:
         return self.definition.function_id
+
+    def report(self, run_id: str, status: str) -> str:
+        """End the Celery task so monitors show the run's state, not a plain SUCCESS.
+
+        A parked run sends a custom task event (``task-sleeping``, ``task-waiting``,
+        ``task-retrying``, which Flower shows as that state) and ends with ``Ignore``,
+        which sends no success event; a failed run ends the task as FAILURE.
+        """
+        event = PARKED_EVENTS.get(status)
+        if event is not None:
+            if self.fanout.settings.task_events:
+                try:
+                    self.send_event(event, run_id=run_id, function=self.function_id)
+                except Exception:  # monitoring must never fail a run
+                    logger.warning("could not send %s for run %s", event, run_id,
+                                   exc_info=True)
+            raise Ignore()
+        if status == "failed":
+            raise RunFailedError(f"run {run_id} of {self.function_id!r} failed")
+        return status
 
 
 def check_function_id(value: Any) -> str:

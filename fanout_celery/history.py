@@ -113,11 +113,12 @@ def rerun(fanout: Fanout, run_id: str, from_step: str | None = None) -> str:
     fields = {
         "function": run.function_id, "task": sub.task, "queue": sub.queue, "status": "queued",
         "created_at": str(now), "attempt": "0", "events": json.dumps(run.events),
+        "event_name": run.events[0]["name"] if run.events else "",
         "rerun_of": run_id,
         **({"rerun_from": from_step} if from_step else {}),
     }
     store.create_rerun(new_id, run.function_id, fields, keep, run.event_ids,
                        int(fanout.settings.retention * 1000), now)
-    fanout.publish_run(new_id, sub.task, sub.queue)
+    fanout.publish_run(new_id, sub.task, sub.queue, run.events[0]["name"] if run.events else "")
     store.confirm_dispatched([new_id])
     return new_id

@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     # How far back a newly registered wait_for_event looks for events it may have just
     # missed (sent after the previous step, before the wait was registered).
     "wait_lookback": 300,
+    # Send custom task events (task-sleeping, task-waiting, task-retrying) when a run
+    # parks, so Flower shows that state rather than SUCCESS.
+    "task_events": True,
 }
 
 
@@ -72,6 +75,7 @@ class Settings:
     pump_interval: float = 0.2
     redispatch_seconds: float = 300.0
     wait_lookback: float = 300.0
+    task_events: bool = True
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -124,4 +128,5 @@ class Settings:
             pump_interval=_seconds("pump_interval", raw["pump_interval"]),
             redispatch_seconds=_seconds("redispatch_seconds", raw["redispatch_seconds"]),
             wait_lookback=_seconds("wait_lookback", raw["wait_lookback"]),
+            task_events=bool(raw["task_events"]),
         )

@@ -195,8 +195,9 @@ class RedisStore:
 
     def resolve(self, run_id: str, step_key: str, expect: str, record_json: str,
                 deadline_ms: int, waits: tuple[str, str] | None = None,
-                ) -> tuple[str, str] | bool:
-        """Resolve a waiting step from outside its run; ``(task, queue)`` when the run must
+                ) -> tuple[str, str, str] | bool:
+        """Resolve a waiting step from outside its run; ``(task, queue, event name)`` when
+        the run must
         be enqueued now, True when it is executing, False when nothing was resolved."""
         k = self.keys
         waits_key, waits_field = (k.waits(waits[0]), waits[1]) if waits else (k.run(run_id), "")
@@ -205,7 +206,7 @@ class RedisStore:
             args=[run_id, step_key, expect, record_json, waits_field, deadline_ms],
         )
         if isinstance(raw, list):
-            return str(raw[0]), str(raw[1])
+            return str(raw[0]), str(raw[1]), str(raw[2])
         return bool(raw)
 
     def cancel(self, run_id: str, now_ms: int, retention_ms: int, error_json: str) -> str:
@@ -291,14 +292,16 @@ class RedisStore:
         pipe.zrem(self.keys.dispatch, *run_ids)
         pipe.execute()
 
-    def dispatch_info(self, run_ids: Sequence[str]) -> list[tuple[str, str, str] | None]:
-        """``(task, queue, status)`` of each run, ``None`` where it no longer exists."""
+    def dispatch_info(self, run_ids: Sequence[str]) -> list[tuple[str, str, str, str] | None]:
+        """``(task, queue, status, event name)`` of each run, ``None`` where it no longer
+        exists."""
         pipe = self.client.pipeline(transaction=False)
         for run_id in run_ids:
-            pipe.hmget(self.keys.run(run_id), "task", "queue", "status")
-        out: list[tuple[str, str, str] | None] = []
-        for task, queue, status in pipe.execute():
-            out.append(None if task is None else (task, queue or "", status or ""))
+            pipe.hmget(self.keys.run(run_id), "task", "queue", "status", "event_name")
+        out: list[tuple[str, str, str, str] | None] = []
+        for task, queue, status, event_name in pipe.execute():
+            out.append(None if task is None else (task, queue or "", status or "",
+                                                  event_name or ""))
         return out
 
     # -- reading -------------------------------------------------------------------

@@ -169,7 +169,7 @@ return {1, redis.call('ZRANGEBYSCORE', KEYS[6], ARGV[8], '+inf')}
 # KEYS: 1 run, 2 steps, 3 timers, 4 waits hash (or any key)
 # ARGV: 1 run_id, 2 step_key, 3 expected status, 4 record_json, 5 waits field ('' = none),
 #       6 redispatch_deadline_ms
-# Returns {task, queue} when the run was parked and must be enqueued now, 1 when it is
+# Returns {task, queue, event_name} when the run was parked and must be enqueued now, 1 when it is
 # executing (it sees the record when it parks), 0 when there was nothing to resolve.
 RESOLVE = """
 if ARGV[5] ~= '' then redis.call('HDEL', KEYS[4], ARGV[5]) end
@@ -184,7 +184,8 @@ if status == 'waiting' or status == 'sleeping' then
   redis.call('HSET', KEYS[1], 'status', 'queued')
   redis.call('HDEL', KEYS[1], 'wake_at')
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
-  return {redis.call('HGET', KEYS[1], 'task'), redis.call('HGET', KEYS[1], 'queue') or ''}
+  return {redis.call('HGET', KEYS[1], 'task'), redis.call('HGET', KEYS[1], 'queue') or '',
+          redis.call('HGET', KEYS[1], 'event_name') or ''}
 end
 return 1
 """
