@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .events import FUNCTION_CANCELLED, derived_id, dumps, now_ms, resolve_path
 from .runs import FINAL
-from .waiting import event_matches, split_waiter_field
+from .waiting import event_matches, split_waiter_field, waiter_field
 
 if TYPE_CHECKING:
     from .fanout import Fanout
@@ -111,13 +111,22 @@ def cancel(fanout: Fanout, run_id: str, reason: str = "cancelled") -> str:
     info = {"type": "Cancelled", "message": reason}
     outcome = fanout.store.cancel(run_id, now_ms(), int(s.retention * 1000), dumps(info))
     if outcome == "cancelled":
-        raw, _ = fanout.store.load_runs([run_id])[0]
+        raw, steps = fanout.store.load_runs([run_id])[0]
+        # A parked wait_for_event's waiter is removed only when it resolves or times out,
+        # neither of which can happen any more: drop it, or it stays in the index forever.
+        fanout.store.drop_waiters([
+            (rec["event"], waiter_field(run_id, key))
+            for key, rec in ((k, json.loads(v)) for k, v in steps.items())
+            if rec.get("kind") == "wait_for_event" and rec.get("status") == "waiting"])
         function_id = raw.get("function", "")
         logger.info("run %s of %s cancelled: %s", run_id, function_id, reason)
         run_ended(fanout, run_id, raw, {"status": "failed", "error": info})
+        # The same data as the event an executing run emits when it stops (execution.py).
+        trigger = (json.loads(raw.get("events") or "[]") or [None])[0]
         fanout.send_system({"name": FUNCTION_CANCELLED, "id": derived_id(run_id,
                             FUNCTION_CANCELLED), "data": {"function_id": function_id,
-                            "run_id": run_id, "error": info}}, parent=(run_id, ""))
+                            "run_id": run_id, "event": trigger, "error": info}},
+                           parent=(run_id, ""))
     return outcome
 
 
@@ -140,6 +149,11 @@ def run_ended(fanout: Fanout, run_id: str, run: dict[str, str],
     if sub is not None and sub.cancel_on:
         fanout.store.drop_waiters([(event, run_id) for event, _, _ in sub.cancel_on],
                                   cancels=True)
+    if run.get("branch_of"):
+        from .parallel import join
+
+        join(fanout, run, outcome)
+        return
     parent, step_key = run.get("parent_run_id"), run.get("parent_step_id")
     if not run.get("notify_parent") or not parent or not step_key:
         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import os
@@ -27,6 +29,7 @@ from .events import (
     dumps,
     now_ms,
 )
+from .parallel import BranchDone
 from .retry import retry_at_ms
 from .step import Context, error_info
 
@@ -84,13 +87,19 @@ class Execution:
     """State of one attempt of one run while its handler executes."""
 
     def __init__(self, fanout: Fanout, function: FunctionDef, run_id: str, token: str,
-                 run: dict[str, str], steps: dict[str, str]) -> None:
+                 run: dict[str, str], steps: dict[str, str],
+                 parent_steps: dict[str, str] | None = None) -> None:
         self.fanout = fanout
         self.function = function
         self.run_id = run_id
         self.token = token
         self.run = run
-        self.memo: dict[str, dict[str, Any]] = {k: json.loads(v) for k, v in steps.items()}
+        # A branch run of a parallel group replays the parent's steps up to the group.
+        self.memo: dict[str, dict[str, Any]] = {
+            k: json.loads(v) for k, v in {**(parent_steps or {}), **steps}.items()}
+        self.branch: tuple[str, int] | None = (
+            (run["branch_step"], int(run["branch_index"])) if run.get("branch_of") else None)
+        self.is_async = inspect.iscoroutinefunction(function.handler)
         self.events: list[dict[str, Any]] = json.loads(run.get("events", "[]"))
         self.body_attempt = int(run.get("attempt", 0))
         self.log = logging.LoggerAdapter(logger, {"run_id": run_id})
@@ -116,6 +125,11 @@ class Execution:
         seq = self._seq
         self._seq += 1
         return seq
+
+    def reload_steps(self) -> None:
+        """Read the step table again (a parallel group was joined while parking)."""
+        steps = self.fanout.store.load_steps(self.run_id)
+        self.memo.update({k: json.loads(v) for k, v in steps.items()})
 
     def lease_exp(self) -> int:
         return now_ms() + int(self.settings.lease_seconds * 1000)
@@ -175,10 +189,20 @@ class Execution:
             return self._cancelled()
         ctx = Context(self)
         try:
-            output = self.function.handler(ctx)
+            if self.is_async:
+                output = asyncio.run(self.function.handler(ctx))
+            else:
+                output = self.function.handler(ctx)
+        except BranchDone as done:
+            output = done.result
         except Suspend as sus:
             if not sus.parked:
-                self.park(sus.status, sus.wake_at_ms, sus.step)
+                # A cancel requested while the handler ran is seen here, at the park: an
+                # ``except CancelRequested`` below would not catch it from this block.
+                try:
+                    self.park(sus.status, sus.wake_at_ms, sus.step)
+                except CancelRequested:
+                    return self._cancelled()
             return sus.status
         except CancelRequested:
             return self._cancelled()
@@ -239,7 +263,8 @@ class Execution:
         # between replays the run and sends the same event again, which starts nothing new.
         # A run started by a lifecycle event announces nothing itself: a function subscribed
         # to fanout/function.finished would otherwise start itself again, forever.
-        if self.events and self.events[0].get("name") in LIFECYCLE:
+        if self.branch is not None or (self.events and
+                                       self.events[0].get("name") in LIFECYCLE):
             return
         payload = {"function_id": self.function.function_id, "run_id": self.run_id,
                    "event": self.events[0] if self.events else None, **data}
@@ -271,7 +296,10 @@ def run_attempt(fanout: Fanout, function: FunctionDef, run_id: str) -> str:
             first_start = int(started.run.get("started_at") or now)
             fanout.store.add_deadlines([(f"finish:{run_id}",
                                          first_start + int(finish_after * 1000))])
-        return Execution(fanout, function, run_id, token, started.run, started.steps).execute()
+        parent_steps = store.load_steps(started.run["branch_of"]) \
+            if started.run.get("branch_of") else None
+        return Execution(fanout, function, run_id, token, started.run, started.steps,
+                         parent_steps).execute()
     except LeaseLostError as exc:
         logger.warning("%s; another worker resumes it", exc)
         return "lease-lost"

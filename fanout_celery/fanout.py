@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery
 
-from . import control, scheduler
+from . import control, parallel, scheduler
 from .cron import check_missed, parse_cron
 from .durations import instant_ms
 from .errors import (
@@ -248,7 +248,7 @@ class Fanout:
                 runs, chunk, now, now + int(s.lease_seconds * 1000), keep_events,
                 int(s.wait_lookback * 1000))
             fresh = [run for run, made in zip(runs, created, strict=True) if made]
-            self._publish(fresh)
+            self.publish_runs(fresh)
             self.store.confirm_dispatched([run.run_id for run in fresh])
             control.after_create(self, chunk, waiters, fresh, subs_by_id)
             count += len(fresh)
@@ -270,7 +270,8 @@ class Fanout:
         return NewRun(run_id=run_id, function_id=sub.function_id,
                       event_ids=[r["id"] for r in records], fields=fields)
 
-    def _publish(self, runs: Sequence[NewRun]) -> None:
+    def publish_runs(self, runs: Sequence[NewRun]) -> None:
+        """Put the task messages of newly created runs on the broker."""
         if not runs:
             return
         with self.app.producer_or_acquire() as producer:
@@ -317,6 +318,10 @@ class Fanout:
         """Start (once) the run of ``step.invoke``; it resolves the parent when it ends."""
         record = prepare(event, max_bytes=self.settings.max_event_bytes, allow_system=True)
         self._dispatch([record], parent=parent, only=sub, notify_parent=True)
+
+    def start_branches(self, execution: Any, key: str, n: int) -> None:
+        """Create (once) and enqueue the branch runs of a parallel group."""
+        parallel.start_branches(self, execution, key, n)
 
     def resolve_waits(self, name: str, waiters: dict[str, str],
                       events: Sequence[dict[str, Any]]) -> int:

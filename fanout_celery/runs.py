@@ -36,11 +36,12 @@ class StepRecord:
     detail: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, step_id: str, raw: str) -> tuple[int, StepRecord]:
+    def from_json(cls, step_id: str, raw: str) -> tuple[tuple[int, int], StepRecord]:
         rec = json.loads(raw)
         detail = {k: rec[k] for k in ("wake_at", "event", "timeout_at", "child_run_id",
                                       "function_id", "retry_at") if k in rec}
-        return rec.get("seq", 0), cls(
+        # Branch results of a parallel group share the group's seq; order them by branch.
+        return (rec.get("seq", 0), rec.get("branch", -1)), cls(
             id=step_id, status=rec["status"], output=rec.get("output"), error=rec.get("error"),
             attempts=rec.get("attempts", 0), started_at=_time(rec.get("started_at")),
             ended_at=_time(rec.get("ended_at")), kind=rec.get("kind", "run"), detail=detail,

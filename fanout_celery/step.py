@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import (
     InvalidStepError,
@@ -18,6 +20,7 @@ from .errors import (
     TooManyStepsError,
 )
 from .events import derived_id, dumps, now_ms
+from .parallel import ParallelSteps
 from .retry import RetryPolicy, retry_at_ms
 from .waiting import WaitingSteps
 
@@ -36,7 +39,26 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     }
 
 
-class Step(WaitingSteps):
+@dataclass
+class RunPlan:
+    """A ``step.run`` about to execute (or already memoized)."""
+
+    key: str
+    record: dict[str, Any] | None
+    attempt: int
+    policy: RetryPolicy
+    memoized: bool = False
+    output: Any = None
+    started: int = 0
+
+
+def _close(awaitable: Any) -> None:
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()  # no "coroutine was never awaited" warning
+
+
+class Step(WaitingSteps, ParallelSteps):
     """Checkpointed operations. Each takes a step id unique within the run; an id
     repeated (in a loop) gets an implicit counter: ``id``, ``id:1``, ``id:2``…"""
 
@@ -45,6 +67,7 @@ class Step(WaitingSteps):
         self._counts: dict[str, int] = {}
         self._used: set[str] = set()
         self._in_step = False
+        self._active: str | None = None
         self.attempt = 0
 
     # -- bookkeeping ---------------------------------------------------------------
@@ -103,6 +126,28 @@ class Step(WaitingSteps):
         retried (per step) with the function's policy, or ``retries`` when given; after
         the last retry ``StepError`` is raised here on every replay.
         """
+        plan = self._plan(step_id, fn, retries)
+        if plan.memoized:
+            return plan.output
+        self._in_step = True
+        try:
+            value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                _close(value)
+                raise InvalidStepError(
+                    f"step {plan.key!r}: {fn!r} is a coroutine function; await steps from an "
+                    "async def handler to use async step functions")
+        except InvalidStepError:
+            raise
+        except Exception as exc:
+            self._in_step = False
+            self._failed(plan, exc)
+        finally:
+            self._in_step = False
+        return self._completed(plan, value)
+
+    def _plan(self, step_id: str, fn: Any, retries: int | RetryPolicy | None) -> RunPlan:
+        """Everything ``run`` decides before calling the step's body."""
         key = self._key(step_id)
         if not callable(fn):
             raise InvalidStepError(f"step {key!r}: expected a callable, got {fn!r}")
@@ -113,7 +158,8 @@ class Step(WaitingSteps):
             status = record["status"]
             if status == "completed":
                 self._x.replayed(key)
-                return record.get("output")
+                return RunPlan(key, record, 0, policy, memoized=True,
+                               output=record.get("output"))
             if status == "failed":
                 self._x.replayed(key)
                 raise StepError(key, record.get("error") or {})
@@ -122,26 +168,19 @@ class Step(WaitingSteps):
                 raise Suspend("queued", int(record["retry_at"]))
         self._x.replay_done()
         self.attempt = attempt
-        started = now_ms()
-        self._in_step = True
-        try:
-            value = fn(*args, **kwargs)
-        except InvalidStepError:
-            raise
-        except Exception as exc:
-            self._in_step = False
-            self._failed(key, record, attempt, started, exc, policy)
-        finally:
-            self._in_step = False
-        encoded, stored = self._encode(key, {
-            "status": "completed", "output": value, "attempts": attempt + 1,
-            "started_at": started, "ended_at": now_ms(), "seq": self._seq(record),
+        return RunPlan(key, record, attempt, policy, started=now_ms())
+
+    def _completed(self, plan: RunPlan, value: Any) -> Any:
+        encoded, stored = self._encode(plan.key, {
+            "status": "completed", "output": value, "attempts": plan.attempt + 1,
+            "started_at": plan.started, "ended_at": now_ms(), "seq": self._seq(plan.record),
         })
-        self._x.checkpoint(key, encoded, stored)
+        self._x.checkpoint(plan.key, encoded, stored)
         return stored["output"]
 
-    def _failed(self, key: str, record: dict[str, Any] | None, attempt: int, started: int,
-                exc: Exception, policy: RetryPolicy) -> None:
+    def _failed(self, plan: RunPlan, exc: Exception) -> NoReturn:
+        key, record, attempt, started, policy = (plan.key, plan.record, plan.attempt,
+                                                  plan.started, plan.policy)
         now = now_ms()
         base = {"error": error_info(exc), "attempts": attempt + 1, "started_at": started,
                 "ended_at": now, "seq": self._seq(record)}
@@ -218,7 +257,11 @@ class Context:
         self._x = execution
         self.events = [Event(**e) for e in execution.events]
         self.event = self.events[0]
-        self.step = Step(execution)
+        self.step: Any = Step(execution)
+        if execution.is_async:
+            from .asyncstep import AsyncStep
+
+            self.step = AsyncStep(self.step)
         self.run_id = execution.run_id
         self.function_id = execution.function.function_id
         self.logger = ReplayAwareLogger(
@@ -227,4 +270,5 @@ class Context:
     @property
     def attempt(self) -> int:
         """0-based attempt of the step now executing (of the handler body outside steps)."""
-        return self.step.attempt if self.step._in_step else self._x.body_attempt
+        step = self.step._s if hasattr(self.step, "_s") else self.step
+        return step.attempt if step._in_step else self._x.body_attempt

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .events import derived_id
 from .runs import Run, StepRecord
 
 if TYPE_CHECKING:
@@ -48,6 +49,19 @@ def child_event_ids(run: Run) -> dict[str, list[str]]:
             if s.kind == "send_event" and s.status == "completed"}
 
 
+def child_run_ids(run: Run) -> dict[str, list[str]]:
+    """Runs started directly by ``invoke`` and ``parallel`` steps of the run."""
+    out: dict[str, list[str]] = {}
+    for s in run.steps:
+        if s.kind == "invoke" and s.detail.get("child_run_id"):
+            out[s.id] = [s.detail["child_run_id"]]
+        elif s.kind == "parallel":
+            n = len([b for b in run.steps if b.kind == "branch" and
+                     b.id.startswith(f"{s.id}[")]) or 0
+            out[s.id] = [derived_id(run.id, s.id, str(i)) for i in range(n)]
+    return out
+
+
 def build_tree(fanout: Fanout, run_id: str, depth: int = 3) -> RunNode | None:
     """Load a run and, up to ``depth`` levels, the runs started by its events.
 
@@ -64,12 +78,14 @@ def build_tree(fanout: Fanout, run_id: str, depth: int = 3) -> RunNode | None:
             for node in level for step_id, eids in child_event_ids(node.run).items()
             for eid in eids
         ]
-        if not wanted:
-            break
         run_ids = fanout.store.runs_for_events([eid for _, _, eid in wanted])
         pairs = [(node, step_id, rid) for (node, step_id, _), rids in zip(wanted, run_ids,
                                                                           strict=True)
                  for rid in rids]
+        pairs += [(node, step_id, rid) for node in level
+                  for step_id, rids in child_run_ids(node.run).items() for rid in rids]
+        if not pairs:
+            break
         loaded = fanout.store.load_runs([rid for _, _, rid in pairs])
         level = []
         for (node, step_id, rid), (raw, steps) in zip(pairs, loaded, strict=True):

@@ -69,6 +69,7 @@ class RedisStore:
         self._register_wait = self.client.register_script(scripts.REGISTER_WAIT)
         self._resolve = self.client.register_script(scripts.RESOLVE)
         self._cancel = self.client.register_script(scripts.CANCEL)
+        self._join = self.client.register_script(scripts.JOIN)
 
     # -- creating runs -------------------------------------------------------------
     def create_runs(self, runs: Sequence[NewRun], events: Sequence[dict[str, Any]],
@@ -85,15 +86,17 @@ class RedisStore:
         by_name: dict[str, list[str]] = {}
         for ev in events:
             by_name.setdefault(ev["name"], []).append(ev["id"])
-        for name, ids in by_name.items():
-            self._note_events(keys=[k.recent(name), k.waits(name), k.cancels(name)],
-                              args=[now_ms, now_ms - lookback_ms, lookback_ms, *ids],
-                              client=pipe)
         for ev in events:
             pipe.set(k.event(ev["id"]), json.dumps(ev, separators=(",", ":")),
                      nx=True, px=retention_ms)
         if events:
             pipe.zadd(k.events, {ev["id"]: now_ms for ev in events}, nx=True)
+        # After the events are stored: a wait registered between the two (a large pipeline
+        # is not executed in one go) would find the ids in `recent` but not the events.
+        for name, ids in by_name.items():
+            self._note_events(keys=[k.recent(name), k.waits(name), k.cancels(name)],
+                              args=[now_ms, now_ms - lookback_ms, lookback_ms, *ids],
+                              client=pipe)
         for run in runs:
             flat: list[str] = []
             for name, value in run.fields.items():
@@ -106,7 +109,7 @@ class RedisStore:
             )
         results = pipe.execute()
         if events:
-            results = results[:len(by_name)] + results[len(by_name) + len(events) + 1:]
+            results = results[len(events) + 1:]
         waiters = [Waiters(name, _pairs(w), _pairs(c))
                    for name, (w, c) in zip(by_name, results[:len(by_name)], strict=True)]
         created = [bool(r) for r in results[len(by_name):]]
@@ -208,6 +211,21 @@ class RedisStore:
         if isinstance(raw, list):
             return str(raw[0]), str(raw[1]), str(raw[2])
         return bool(raw)
+
+    def join(self, parent: str, group: str, field: str, record_json: str, branches: int,
+             joined_json: str, deadline_ms: int) -> tuple[str, str, str] | bool:
+        """Record a branch result; ``(task, queue, event name)`` when the parent must be
+        enqueued now."""
+        k = self.keys
+        raw = self._join(keys=[k.run(parent), k.steps(parent), k.timers],
+                         args=[parent, group, field, record_json, branches, joined_json,
+                               deadline_ms])
+        if isinstance(raw, list):
+            return str(raw[0]), str(raw[1]), str(raw[2])
+        return bool(raw)
+
+    def load_steps(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.hgetall(self.keys.steps(run_id)))
 
     def cancel(self, run_id: str, now_ms: int, retention_ms: int, error_json: str) -> str:
         """Cancel a run; returns cancelled, requested (it is executing), final or missing."""

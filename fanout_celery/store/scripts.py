@@ -190,6 +190,31 @@ end
 return 1
 """
 
+# Record one branch result of a parallel group in the parent; when every branch has a
+# result, mark the group joined and wake the parent if it is parked.
+# KEYS: 1 parent run, 2 parent steps, 3 timers
+# ARGV: 1 parent run id, 2 group key, 3 branch field, 4 branch record, 5 branch count,
+#       6 joined group record, 7 redispatch_deadline_ms
+# Returns {task, queue, event_name} when the parent must be enqueued now, else 0/1.
+JOIN = """
+redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4])
+local n = tonumber(ARGV[5])
+for i = 0, n - 1 do
+  if redis.call('HEXISTS', KEYS[2], ARGV[2] .. '[' .. i .. ']') == 0 then return 0 end
+end
+local group = redis.call('HGET', KEYS[2], ARGV[2])
+if not group or cjson.decode(group)['status'] ~= 'parallel' then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[6])
+if redis.call('HGET', KEYS[1], 'status') == 'waiting' then
+  redis.call('HSET', KEYS[1], 'status', 'queued')
+  redis.call('HDEL', KEYS[1], 'wake_at')
+  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
+  return {redis.call('HGET', KEYS[1], 'task'), redis.call('HGET', KEYS[1], 'queue') or '',
+          redis.call('HGET', KEYS[1], 'event_name') or ''}
+end
+return 1
+"""
+
 # Cancel a run: at once when it is queued or parked, or by flag when it is executing (the
 # execution stops at its next step boundary).
 # KEYS: 1 run, 2 steps, 3 timers, 4 leases, 5 dispatch
