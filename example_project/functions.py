@@ -10,11 +10,16 @@ What to watch for:
 - a transient mail error retries only the ``email-user`` step: ``load-user-data`` is
   memoized and is not executed again (its body counts its executions to prove it);
 - an invalid address raises ``NonRetriableError``: that one run fails at once, the
-  others are unaffected, and the ``on_failure`` handler marks the address as bouncing.
+  others are unaffected, and the ``on_failure`` handler marks the address as bouncing;
+- each email waits for its send window with a durable ``sleep_until`` step, which holds
+  no worker while it waits. The window opens at the fan-out here, so in the demo it is
+  already open and no run waits (a real deployment might open it at 9:00 in each
+  user's time zone).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from fanout_celery import Context, Event, RetryPolicy
@@ -47,6 +52,12 @@ def compose(user: dict[str, Any], data: dict[str, Any]) -> tuple[str, str]:
     return subject, body
 
 
+def send_window_opens(event: Event) -> datetime:
+    """When the email may go out: the event's ``send_after`` (ms), else its own time."""
+    ms = event.data.get("send_after") or event.ts or 0
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
 def email_user(user: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     subject, body = compose(user, data)
     outbox_id = mailer.send(user["id"], user["email"], subject, body)
@@ -57,7 +68,9 @@ def email_user(user: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
 def load_cron(ctx: Context) -> dict[str, Any]:
     """Fan out one email event per user."""
     all_users = ctx.step.run("fetch-users", users.list_users)
-    events = [Event(name=SEND_EVENT, data={"user": u}) for u in all_users]
+    # This week's send window opens now (the trigger's time, the same on every replay).
+    events = [Event(name=SEND_EVENT, data={"user": u, "send_after": ctx.event.ts})
+              for u in all_users]
     ctx.step.send_event("send-events", events)
     return {"count": len(all_users)}
 
@@ -77,6 +90,8 @@ def record_bounce(ctx: Context) -> dict[str, Any]:
 def send_reminder(ctx: Context) -> dict[str, Any]:
     """Email one user their week."""
     user = ctx.event.data["user"]
+    # Durable: a window still closed parks the run in Redis, holding no worker.
+    ctx.step.sleep_until("wait-for-send-window", send_window_opens(ctx.event))
     data = ctx.step.run("load-user-data", load_user_data, user["id"])
     sent: dict[str, Any] = ctx.step.run("email-user", email_user, user, data)
     return sent

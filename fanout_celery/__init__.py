@@ -20,6 +20,7 @@ from .errors import (
 )
 from .events import Event
 from .fanout import Fanout
+from .flow import CancelOn, Timeouts
 from .function import Function
 from .retry import RetryPolicy
 from .runs import Run, StepRecord
@@ -28,6 +29,7 @@ from .step import Context, Step
 __version__ = "0.1.0"
 
 __all__ = [
+    "CancelOn",
     "ConfigurationError",
     "Context",
     "DuplicateFunctionError",
@@ -49,6 +51,7 @@ __all__ = [
     "StepError",
     "StepOutputError",
     "StepRecord",
+    "Timeouts",
     "TooManyStepsError",
     "UnknownFunctionError",
     "__version__",

@@ -145,8 +145,10 @@ def send(ctx: click.Context, name: str | None, data: str | None, path: Any) -> N
 @click.option("--since", help="created after (ISO time, or 10m / 2h / 7d ago)")
 @click.option("--until", help="created before (ISO time, or a duration ago)")
 @click.option("--event", "event_id", help="only runs started by this event id")
-@click.option("--limit", default=50, show_default=True, help="runs per page")
-@click.option("--page", default=1, show_default=True, help="page number")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="runs per page")
+@click.option("--page", default=1, show_default=True, type=click.IntRange(min=1),
+              help="page number")
 @click.pass_context
 def runs(ctx: click.Context, function_id: str | None, status: str | None, since: str | None,
          until: str | None, event_id: str | None, limit: int, page: int) -> None:
@@ -252,7 +254,7 @@ def _describe(node: RunNode) -> None:
 @fanout.command()
 @click.option("--name", help="only events with this name")
 @click.option("--since", help="stored after (ISO time or a duration ago)")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.pass_context
 def events(ctx: click.Context, name: str | None, since: str | None, limit: int) -> None:
     """Recent events, newest first, with the runs each started.
@@ -337,7 +339,10 @@ def cancel_cmd(ctx: click.Context, run_id: str | None, function_id: str | None,
     fo = _fanout(ctx)
     try:
         if run_id:
-            click.echo(f"{run_id}: {fo.cancel(run_id, 'cancelled from the command line')}")
+            outcome = fo.cancel(run_id, "cancelled from the command line")
+            if outcome == "missing":
+                raise click.ClickException(f"no run {run_id} (unknown or expired)")
+            click.echo(f"{run_id}: {outcome}")
         elif function_id:
             since_ms = _when(since)
             after = None if since_ms is None else datetime.fromtimestamp(since_ms / 1000,

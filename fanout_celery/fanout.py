@@ -187,9 +187,9 @@ class Fanout:
         run.__name__ = handler_name if handler_name.isidentifier() else "run"
         run.__doc__ = definition.handler.__doc__
         run.__module__ = definition.handler.__module__
+        # The queue is not set on the task (a deprecated attribute): every message of a
+        # run is published with the function's queue explicitly.
         options: dict[str, Any] = dict(task_options)
-        if definition.queue:
-            options["queue"] = definition.queue
         task: Function = self.app.task(
             # shared=False: a shared task would also be registered on every Celery app
             # created later in this process, bound to this Fanout.

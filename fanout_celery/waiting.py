@@ -166,6 +166,11 @@ class WaitingSteps:
             from .errors import CancelRequested
 
             raise CancelRequested()
+        # An event resolves at most one wait of a run: one that resolved an earlier wait
+        # is still recent when the run resumes, and would resolve this one too.
+        used = {r["output"].get("id") for r in x.memo.values()
+                if r.get("kind") == "wait_for_event" and isinstance(r.get("output"), dict)}
+        recent = [i for i in recent if i not in used]
         if recent:
             # Events that came just before the wait was registered: resolve it now.
             x.fanout.resolve_waits(event, {field: waiter}, [e for e in

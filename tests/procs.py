@@ -98,21 +98,25 @@ class WorkerProcess:
             os.killpg(self.proc.pid, sig)  # start_new_session: pgid == pid
 
 
-def worker_command(app: str, pool: str, concurrency: int, token: str) -> list[str]:
+def worker_command(app: str, pool: str, concurrency: int, token: str,
+                   events: bool = False) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", app, "worker",
         f"--pool={pool}", f"--concurrency={concurrency}", "-l", "warning",
         "-n", f"{token}@%h",
         # Mingle alone waits a second for replies at start; none of these are needed.
         "--without-mingle", "--without-gossip", "--without-heartbeat",
+        # -E: send task events (for monitors such as Flower).
+        *(["-E"] if events else []),
     ]
 
 
 @contextlib.contextmanager
 def worker_process(redis_url: str, *, pool: str = "threads", concurrency: int = 4,
                    app: str = CRASH_APP, ready_timeout: float = 30.0,
-                   ) -> Iterator[WorkerProcess]:
-    """Run a worker of ``app`` against ``redis_url`` until the block ends.
+                   events: bool = False) -> Iterator[WorkerProcess]:
+    """Run a worker of ``app`` against ``redis_url`` until the block ends (with task
+    events when ``events``, like ``celery worker -E``).
 
     Ready means the app's ``worker_ready`` handler wrote this worker's pid under
     ``crash:ready:<token>`` (after publishing its subscriptions). The worker's output
@@ -131,7 +135,7 @@ def worker_process(redis_url: str, *, pool: str = "threads", concurrency: int = 
     log_path = Path(name)
     with os.fdopen(fd, "wb") as log:
         proc = subprocess.Popen(
-            worker_command(app, pool, concurrency, token), cwd=REPO_ROOT, env=env,
+            worker_command(app, pool, concurrency, token, events), cwd=REPO_ROOT, env=env,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -55,6 +55,8 @@ def test_the_demo_emails_everyone_but_the_invalid_address_and_exits_0(redis_url,
     assert len(re.findall(r"weekly-activity-send-email  \w{12}  completed", out)) == USERS - 1
     assert len(re.findall(r"weekly-activity-send-email  \w{12}  failed", out)) == 1
     assert "step email-user  [completed, 2 attempts" in out
+    # The send window is already open in the demo: every email run passes it at once.
+    assert len(re.findall(r"step wait-for-send-window  \[completed, 1 attempt", out)) == USERS
     assert "emails in the outbox:       11 (to 11 users, at most once each: yes)" in out
     assert f"failed run:                 user {INVALID_USER} <not-an-email>: " \
            "NonRetriableError at step email-user" in out
@@ -109,6 +111,9 @@ def test_the_example_functions_retry_only_the_email_step_on_an_in_process_worker
     email_attempts = {uid: {s.id: s.attempts for s in run.steps}["email-user"]
                       for uid, run in by_user.items()}
     assert [uid for uid, n in email_attempts.items() if n == 2] == FLAKY_USERS
+    # Each run passed its (already open) send window, a durable sleep_until, first.
+    assert all(run.steps[0].id == "wait-for-send-window" and run.steps[0].kind == "sleep"
+               and run.steps[0].status == "completed" for run in children)
     # load-user-data ran once per user: a retry of email-user replayed it from its memo.
     assert users.query("SELECT user_id, n FROM step_executions ORDER BY user_id") == [
         {"user_id": uid, "n": 1} for uid in range(1, USERS + 1)]
