@@ -91,6 +91,30 @@ class Fanout:
     def __repr__(self) -> str:
         return f"<Fanout app={self.app.main!r} functions={len(self.functions)}>"
 
+    def check_redis(self) -> list[str]:
+        """Problems with the Redis that holds run state, as messages (also logged):
+        an eviction policy that may drop live run keys, an app accepting pickle."""
+        problems = []
+        try:
+            policy = self.store.client.config_get("maxmemory-policy").get("maxmemory-policy")
+        except Exception:  # CONFIG is often disabled on managed Redis: nothing to check
+            policy = None
+        if policy and policy.startswith("allkeys"):
+            problems.append(
+                f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis may evict "
+                "the keys of live runs and lose them; use 'noeviction' (or 'volatile-*', "
+                "which only evicts finished runs and old events)")
+        accept = {str(c).lower() for c in (self.app.conf.accept_content or [])}
+        if accept & {"pickle", "application/x-python-serialize", "yaml",
+                     "application/x-yaml"}:
+            problems.append(
+                "accept_content allows pickle or yaml: workers decode such messages before "
+                "any task sees them; fanout functions refuse non-JSON messages, but keep "
+                "accept_content=['json'] so nothing untrusted is unpickled")
+        for problem in problems:
+            logger.warning("fanout: %s", problem)
+        return problems
+
     # -- configuration (resolved on first use, so app.conf may be set after) --------
     @property
     def settings(self) -> Settings:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from celery.exceptions import Ignore
+from celery.worker.request import Request
 
 from .errors import ConfigurationError, RunFailedError
 from .flow import CancelOn, Timeouts
@@ -63,6 +64,26 @@ class FunctionDef:
                             start_timeout=self.timeouts.start_seconds if self.timeouts else None)
 
 
+JSON = "application/json"
+
+
+class FunctionRequest(Request):  # type: ignore[misc]
+    """Worker-side request of a function task: refuses messages that are not JSON.
+
+    A run's message carries only its run id, always as JSON; any other content type
+    (pickle, yaml) was not sent by this library and is dropped unexecuted, as if revoked.
+    """
+
+    def revoked(self) -> bool:
+        if self.content_type != JSON:
+            if not self._already_revoked:
+                logger.error("refusing a %s message for task %s: fanout functions accept "
+                             "JSON only", self.content_type, self.task_name)
+                self._announce_revoked("refused: not JSON", False, None, False)
+            return True
+        return bool(super().revoked())
+
+
 class Function(Task):  # type: ignore[misc]
     """A fanout function: a registered Celery task whose runs are durable.
 
@@ -70,6 +91,7 @@ class Function(Task):  # type: ignore[misc]
     ``fanout.invoke``. The task's only argument is a run id.
     """
 
+    Request = "fanout_celery.function:FunctionRequest"
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True

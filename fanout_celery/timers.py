@@ -78,6 +78,10 @@ class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
         fanout = fanout_for(worker.app)
         if fanout is None:
             return
+        try:
+            fanout.check_redis()
+        except Exception:
+            logger.warning("pump: could not check the Redis settings", exc_info=True)
         self.pump = Pump(fanout)
         self.pump.start()
         logger.info("pump: started for %r", fanout)
