@@ -33,6 +33,10 @@ def _fanout(ctx: click.Context) -> Fanout:
     if fanout is None:
         app.loader.import_default_modules()
         fanout = fanout_for(app) or Fanout(app)
+    try:
+        fanout.settings  # noqa: B018 - validated here: a bad setting is a clean CLI error
+    except FanoutError as exc:
+        raise click.ClickException(str(exc)) from None
     return fanout
 
 
@@ -298,8 +302,11 @@ def replay_cmd(ctx: click.Context, event_id: str | None, name: str | None,
         chosen.reverse()  # oldest first, as they were sent
     else:
         raise click.UsageError("give an EVENT_ID or --name")
-    for new_id in replay(fo, chosen):
-        click.echo(new_id)
+    try:
+        for new_id in replay(fo, chosen):
+            click.echo(new_id)
+    except FanoutError as exc:  # e.g. a fanout/ event (invoke, cron): rerun its run instead
+        _fail(exc)
 
 
 @fanout.command(name="rerun")

@@ -29,7 +29,7 @@ from .events import (
     dumps,
     now_ms,
 )
-from .parallel import BranchDone
+from .parallel import BranchDone, BranchFailed
 from .retry import retry_at_ms
 from .step import Context, error_info
 
@@ -189,10 +189,7 @@ class Execution:
             return self._cancelled()
         ctx = Context(self)
         try:
-            if self.is_async:
-                output = asyncio.run(self.function.handler(ctx))
-            else:
-                output = self.function.handler(ctx)
+            output = self._call_handler(ctx)
         except BranchDone as done:
             output = done.result
         except Suspend as sus:
@@ -233,6 +230,15 @@ class Execution:
                        {"status": "completed", "output": output})
         self.finish("completed", output=encoded, error="")
         return "completed"
+
+    def _call_handler(self, ctx: Context) -> Any:
+        try:
+            if self.is_async:
+                return asyncio.run(self.function.handler(ctx))
+            return self.function.handler(ctx)
+        except BranchFailed as failed:
+            # A branch's error ends its branch run as if the handler had raised it.
+            raise failed.error from None
 
     def _fail(self, exc: BaseException) -> str:
         info = error_info(exc)

@@ -31,6 +31,16 @@ class BranchDone(BaseException):  # noqa: N818 - a control-flow signal, not an e
         self.result = result
 
 
+class BranchFailed(BaseException):  # noqa: N818 - a control-flow signal, not an error
+    """Internal: a branch raised ``error``. It ends the branch run as if its handler had
+    raised it: the handler code around ``parallel`` belongs to the parent, so an ``except``
+    there must not catch it in the branch run (and, say, return from the branch run)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__("branch failed")
+        self.error = error
+
+
 def branch_field(group: str, index: int) -> str:
     return f"{group}[{index}]"
 
@@ -58,10 +68,13 @@ class ParallelSteps:
         if group is not None:
             return group
         index = self._x.branch[1]  # type: ignore[index]
-        result = branches[index]()
-        if inspect.isawaitable(result):
-            raise InvalidStepError(f"parallel {key!r}: branch {index} is async; use "
-                                   "an async def handler to run async branches")
+        try:
+            result = branches[index]()
+            if inspect.isawaitable(result):
+                raise InvalidStepError(f"parallel {key!r}: branch {index} is async; use "
+                                       "an async def handler to run async branches")
+        except Exception as exc:
+            raise BranchFailed(exc) from exc
         raise BranchDone(result)
 
     async def parallel_async(self, step_id: str,
@@ -69,9 +82,12 @@ class ParallelSteps:
         key, group = self._begin_group(step_id, branches)
         if group is not None:
             return group
-        result = branches[self._x.branch[1]]()  # type: ignore[index]
-        if inspect.isawaitable(result):
-            result = await result
+        try:
+            result = branches[self._x.branch[1]]()  # type: ignore[index]
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            raise BranchFailed(exc) from exc
         raise BranchDone(result)
 
     def _begin_group(self, step_id: str, branches: Sequence[Callable[[], Any]],
@@ -96,6 +112,14 @@ class ParallelSteps:
         results = self._collect(key, n)
         if results is not None:
             return key, results
+        if x.branch is not None:
+            # Every group before this branch's own is joined in the parent, so this one is
+            # inside the branch. Its branch runs would replay the handler without the
+            # parent's steps and start this branch's group again, without end.
+            raise InvalidStepError(
+                f"parallel {key!r} was called inside a branch of parallel {x.branch[0]!r}; "
+                "parallel groups cannot be nested: fan out with step.send_event or "
+                "step.invoke from a branch instead")
         x.replay_done()
         if key not in x.memo:
             encoded, stored = self._encode(key, {
@@ -118,7 +142,8 @@ class ParallelSteps:
         records = [self._x.memo.get(branch_field(key, i)) for i in range(n)]
         if any(r is None for r in records):
             return None
-        self._x.replayed(key)
+        for _ in range(n + 1):  # the group and each branch result are records of the memo
+            self._x.replayed(key)
         for i, record in enumerate(records):
             if record and record["status"] == "failed":
                 raise StepError(branch_field(key, i), record.get("error") or {})

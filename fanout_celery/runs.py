@@ -32,14 +32,15 @@ class StepRecord:
     ended_at: datetime | None = None
     kind: str = "run"
     # Kind-specific details: wake_at (sleep), event and timeout_at (wait_for_event),
-    # child_run_id and function_id (invoke), retry_at (a step waiting to retry).
+    # child_run_id and function_id (invoke), retry_at (a step waiting to retry), branches
+    # (parallel).
     detail: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, step_id: str, raw: str) -> tuple[tuple[int, int], StepRecord]:
         rec = json.loads(raw)
         detail = {k: rec[k] for k in ("wake_at", "event", "timeout_at", "child_run_id",
-                                      "function_id", "retry_at") if k in rec}
+                                      "function_id", "retry_at", "branches") if k in rec}
         # Branch results of a parallel group share the group's seq; order them by branch.
         return (rec.get("seq", 0), rec.get("branch", -1)), cls(
             id=step_id, status=rec["status"], output=rec.get("output"), error=rec.get("error"),

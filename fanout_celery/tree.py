@@ -56,8 +56,8 @@ def child_run_ids(run: Run) -> dict[str, list[str]]:
         if s.kind == "invoke" and s.detail.get("child_run_id"):
             out[s.id] = [s.detail["child_run_id"]]
         elif s.kind == "parallel":
-            n = len([b for b in run.steps if b.kind == "branch" and
-                     b.id.startswith(f"{s.id}[")]) or 0
+            # Every branch run exists from the start, joined or not.
+            n = int(s.detail.get("branches", 0))
             out[s.id] = [derived_id(run.id, s.id, str(i)) for i in range(n)]
     return out
 

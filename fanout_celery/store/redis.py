@@ -59,7 +59,7 @@ class RedisStore:
         self.url = url
         self.keys = Keys(prefix)
         self.client: redis.Redis[str] = client if client is not None else connect(url)
-        self._create = self.client.register_script(scripts.CREATE)
+        self._create_batch = self.client.register_script(scripts.CREATE_BATCH)
         self._start = self.client.register_script(scripts.START)
         self._commit = self.client.register_script(scripts.COMMIT)
         self._renew = self.client.register_script(scripts.RENEW)
@@ -76,7 +76,7 @@ class RedisStore:
                     now_ms: int, dispatch_deadline_ms: int, retention_ms: int,
                     lookback_ms: int) -> tuple[list[bool], list[Waiters]]:
         """Store the events, note them as recent, read who waits for their names, and
-        create the runs that do not exist yet — in one pipeline.
+        create the runs that do not exist yet — in one round trip.
 
         Returns, for each run, whether this call created it, and for each distinct event
         name (in first-seen order) its step waiters and cancel_on entries.
@@ -86,33 +86,28 @@ class RedisStore:
         by_name: dict[str, list[str]] = {}
         for ev in events:
             by_name.setdefault(ev["name"], []).append(ev["id"])
+        keys: list[str] = [k.dispatch, k.events]
+        args: list[Any] = [now_ms, dispatch_deadline_ms, retention_ms, len(events)]
         for ev in events:
-            pipe.set(k.event(ev["id"]), json.dumps(ev, separators=(",", ":")),
-                     nx=True, px=retention_ms)
-        if events:
-            pipe.zadd(k.events, {ev["id"]: now_ms for ev in events}, nx=True)
-        # After the events are stored: a wait registered between the two (a large pipeline
-        # is not executed in one go) would find the ids in `recent` but not the events.
+            keys.append(k.event(ev["id"]))
+            args += [ev["id"], json.dumps(ev, separators=(",", ":"))]
+        for run in runs:
+            keys += [k.run(run.run_id), k.function_runs(run.function_id),
+                     k.event_runs(run.event_ids[0])]
+            args += [run.run_id, pack_meta(run.fields), run.fields["events"]]
+        if runs or events:
+            self._create_batch(keys=keys, args=args, client=pipe)
+        # After the events are stored: a wait registered between the two would otherwise
+        # find the ids in `recent` but not the events.
         for name, ids in by_name.items():
             self._note_events(keys=[k.recent(name), k.waits(name), k.cancels(name)],
                               args=[now_ms, now_ms - lookback_ms, lookback_ms, *ids],
                               client=pipe)
-        for run in runs:
-            flat: list[str] = []
-            for name, value in run.fields.items():
-                flat += [name, value]
-            self._create(
-                keys=[k.run(run.run_id), k.dispatch, k.function_runs(run.function_id),
-                      k.event_runs(run.event_ids[0])],
-                args=[run.run_id, now_ms, dispatch_deadline_ms, retention_ms, *flat],
-                client=pipe,
-            )
         results = pipe.execute()
-        if events:
-            results = results[len(events) + 1:]
+        created = [bool(r) for r in results[0]] if (runs or events) else []
+        notes = results[1:] if (runs or events) else results
         waiters = [Waiters(name, _pairs(w), _pairs(c))
-                   for name, (w, c) in zip(by_name, results[:len(by_name)], strict=True)]
-        created = [bool(r) for r in results[len(by_name):]]
+                   for name, (w, c) in zip(by_name, notes, strict=True)]
         # A batch run (several events) is listed under each of its events.
         extra = [(run, eid) for run, made in zip(runs, created, strict=True) if made
                  for eid in run.event_ids[1:]]
@@ -133,7 +128,9 @@ class RedisStore:
         if steps:
             mapping: dict[str | bytes, str] = {key: value for key, value in steps.items()}
             pipe.hset(k.steps(run_id), mapping=mapping)
-        run_fields: dict[str | bytes, str] = {key: value for key, value in fields.items()}
+        run_fields: dict[str | bytes, str] = {
+            "status": "queued", "created_at": str(now_ms), "attempt": "0",
+            "meta": pack_meta(fields), "events": fields["events"]}
         pipe.hset(k.run(run_id), mapping=run_fields)
         pipe.zadd(k.dispatch, {run_id: now_ms + 30_000})
         pipe.zadd(k.function_runs(function_id), {run_id: now_ms})
@@ -157,7 +154,8 @@ class RedisStore:
         if raw[0] != "ok":
             return StartResult(kind=raw[0], info=raw[1])
         sep = raw.index("|")
-        return StartResult(kind="ok", run=_pairs(raw[1:sep]), steps=_pairs(raw[sep + 1:]))
+        return StartResult(kind="ok", run=expand(_pairs(raw[1:sep])),
+                           steps=_pairs(raw[sep + 1:]))
 
     def commit(self, run_id: str, token: str, mode: str, *, step_key: str = "",
                step_json: str = "", ms: int | str = "", fields: dict[str, str] | None = None,
@@ -209,7 +207,7 @@ class RedisStore:
             args=[run_id, step_key, expect, record_json, waits_field, deadline_ms],
         )
         if isinstance(raw, list):
-            return str(raw[0]), str(raw[1]), str(raw[2])
+            return _route(raw[0])
         return bool(raw)
 
     def join(self, parent: str, group: str, field: str, record_json: str, branches: int,
@@ -221,7 +219,7 @@ class RedisStore:
                          args=[parent, group, field, record_json, branches, joined_json,
                                deadline_ms])
         if isinstance(raw, list):
-            return str(raw[0]), str(raw[1]), str(raw[2])
+            return _route(raw[0])
         return bool(raw)
 
     def load_steps(self, run_id: str) -> dict[str, str]:
@@ -315,11 +313,14 @@ class RedisStore:
         exists."""
         pipe = self.client.pipeline(transaction=False)
         for run_id in run_ids:
-            pipe.hmget(self.keys.run(run_id), "task", "queue", "status", "event_name")
+            pipe.hmget(self.keys.run(run_id), "status", "meta")
         out: list[tuple[str, str, str, str] | None] = []
-        for task, queue, status, event_name in pipe.execute():
-            out.append(None if task is None else (task, queue or "", status or "",
-                                                  event_name or ""))
+        for status, meta in pipe.execute():
+            if meta is None:
+                out.append(None)
+                continue
+            task, queue, event_name = _route(meta)
+            out.append((task, queue, status or "", event_name))
         return out
 
     # -- reading -------------------------------------------------------------------
@@ -330,7 +331,7 @@ class RedisStore:
             pipe.hgetall(self.keys.run(run_id))
             pipe.hgetall(self.keys.steps(run_id))
         raw = pipe.execute()
-        return [(raw[i], raw[i + 1]) for i in range(0, len(raw), 2)]
+        return [(expand(raw[i]), raw[i + 1]) for i in range(0, len(raw), 2)]
 
     def runs_for_event(self, event_id: str) -> list[str]:
         return sorted(self.client.smembers(self.keys.event_runs(event_id)))
@@ -376,6 +377,29 @@ class RedisStore:
 
     def load_subscriptions(self) -> dict[str, str]:
         return dict(self.client.hgetall(self.keys.subscriptions))
+
+
+# Fields of a run record set once at creation are kept in one JSON field, "meta", so a
+# run is created with a handful of arguments; the fields that change stay separate.
+HOT_FIELDS = frozenset({"status", "created_at", "attempt", "events"})
+
+
+def pack_meta(fields: dict[str, str]) -> str:
+    return json.dumps({k: v for k, v in fields.items() if k not in HOT_FIELDS},
+                      separators=(",", ":"))
+
+
+def expand(raw: dict[str, str]) -> dict[str, str]:
+    """A run record with its "meta" fields in line, as callers read it."""
+    meta = raw.pop("meta", None)
+    if meta:
+        return {**json.loads(meta), **raw}
+    return raw
+
+
+def _route(meta: str) -> tuple[str, str, str]:
+    data = json.loads(meta) if meta else {}
+    return str(data.get("task", "")), str(data.get("queue", "")), str(data.get("event_name", ""))
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:

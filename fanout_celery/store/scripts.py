@@ -4,18 +4,44 @@ Scripts touch one run's keys plus the global index zsets (timers, leases, dispat
 so that a run's state and its place in the indexes change together.
 """
 
-# Create a run unless it exists (the run id is deterministic: this is the SET NX that
-# makes a re-sent event, a replayed send_event or two beats start one run).
-# KEYS: 1 run, 2 dispatch, 3 function_runs, 4 event_runs
-# ARGV: 1 run_id, 2 now_ms, 3 dispatch_deadline_ms, 4 retention_ms, 5.. field, value pairs
-CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('PEXPIRE', KEYS[4], ARGV[4])
-return 1
+# Store a chunk of events and create the runs they start, each unless it exists (run ids
+# are deterministic: this is the SET NX that makes a re-sent event, a replayed send_event
+# or two beats start one run). One call per chunk keeps the fan-out to one round trip.
+# KEYS: 1 dispatch, 2 events index, then one key per event (its record), then three per
+#       run (run, function_runs, event_runs)
+# ARGV: 1 now_ms, 2 dispatch_deadline_ms, 3 retention_ms, 4 event count, then per event
+#       (id, json), then per run (run_id, meta json, events json)
+# Returns, per run, 1 if this call created it, else 0.
+CREATE_BATCH = """
+local now, deadline, retention = ARGV[1], ARGV[2], ARGV[3]
+local events = tonumber(ARGV[4])
+local a = 5
+for i = 1, events do
+  redis.call('SET', KEYS[2 + i], ARGV[a + 1], 'NX', 'PX', retention)
+  redis.call('ZADD', KEYS[2], 'NX', now, ARGV[a])
+  a = a + 2
+end
+local out = {}
+local k = 3 + events
+local i = 1
+while a <= #ARGV do
+  local run_id = ARGV[a]
+  if redis.call('EXISTS', KEYS[k]) == 1 then
+    out[i] = 0
+  else
+    redis.call('HSET', KEYS[k], 'status', 'queued', 'created_at', now, 'attempt', '0',
+               'meta', ARGV[a + 1], 'events', ARGV[a + 2])
+    redis.call('ZADD', KEYS[1], deadline, run_id)
+    redis.call('ZADD', KEYS[k + 1], now, run_id)
+    redis.call('SADD', KEYS[k + 2], run_id)
+    redis.call('PEXPIRE', KEYS[k + 2], retention)
+    out[i] = 1
+  end
+  a = a + 3
+  k = k + 3
+  i = i + 1
+end
+return out
 """
 
 # Take the lease on a run and load its whole state in one round trip.
@@ -169,7 +195,7 @@ return {1, redis.call('ZRANGEBYSCORE', KEYS[6], ARGV[8], '+inf')}
 # KEYS: 1 run, 2 steps, 3 timers, 4 waits hash (or any key)
 # ARGV: 1 run_id, 2 step_key, 3 expected status, 4 record_json, 5 waits field ('' = none),
 #       6 redispatch_deadline_ms
-# Returns {task, queue, event_name} when the run was parked and must be enqueued now, 1 when it is
+# Returns {meta} when the run was parked and must be enqueued now, 1 when it is
 # executing (it sees the record when it parks), 0 when there was nothing to resolve.
 RESOLVE = """
 if ARGV[5] ~= '' then redis.call('HDEL', KEYS[4], ARGV[5]) end
@@ -184,8 +210,7 @@ if status == 'waiting' or status == 'sleeping' then
   redis.call('HSET', KEYS[1], 'status', 'queued')
   redis.call('HDEL', KEYS[1], 'wake_at')
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
-  return {redis.call('HGET', KEYS[1], 'task'), redis.call('HGET', KEYS[1], 'queue') or '',
-          redis.call('HGET', KEYS[1], 'event_name') or ''}
+  return {redis.call('HGET', KEYS[1], 'meta') or '{}'}
 end
 return 1
 """
@@ -195,7 +220,7 @@ return 1
 # KEYS: 1 parent run, 2 parent steps, 3 timers
 # ARGV: 1 parent run id, 2 group key, 3 branch field, 4 branch record, 5 branch count,
 #       6 joined group record, 7 redispatch_deadline_ms
-# Returns {task, queue, event_name} when the parent must be enqueued now, else 0/1.
+# Returns {meta} when the parent must be enqueued now, else 0/1.
 JOIN = """
 redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4])
 local n = tonumber(ARGV[5])
@@ -209,8 +234,7 @@ if redis.call('HGET', KEYS[1], 'status') == 'waiting' then
   redis.call('HSET', KEYS[1], 'status', 'queued')
   redis.call('HDEL', KEYS[1], 'wake_at')
   redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
-  return {redis.call('HGET', KEYS[1], 'task'), redis.call('HGET', KEYS[1], 'queue') or '',
-          redis.call('HGET', KEYS[1], 'event_name') or ''}
+  return {redis.call('HGET', KEYS[1], 'meta') or '{}'}
 end
 return 1
 """
