@@ -149,6 +149,10 @@ def run_ended(fanout: Fanout, run_id: str, run: dict[str, str],
     if sub is not None and sub.cancel_on:
         fanout.store.drop_waiters([(event, run_id) for event, _, _ in sub.cancel_on],
                                   cancels=True)
+    if run.get("singleton"):
+        from .admission import run_ended as flow_ended
+
+        flow_ended(fanout, run, run_id)
     if run.get("branch_of"):
         from .parallel import join
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from .errors import ConfigurationError
 
@@ -46,6 +46,11 @@ def parse_cron(text: object) -> CronSpec:
         )
     if not croniter.is_valid(expr):
         raise ConfigurationError(f"cron {text!r} does not parse")
+    try:
+        croniter(expr).get_next(float)
+    except CroniterError:
+        # e.g. "0 0 31 2 *": valid syntax, no such day; it would break every beat tick.
+        raise ConfigurationError(f"cron {text!r} never fires") from None
     return CronSpec(text=text, expr=" ".join(fields), zone=zone)
 
 

@@ -19,7 +19,10 @@ def parse_duration(value: Any, what: str = "duration", *, allow_zero: bool = Tru
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            raise InvalidStepError(f"{what} {value!r} is longer than a year") from None
     elif isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         parts = PART_RE.findall(text)

@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import InvalidEventError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-./:@+]{0,254}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-./:@+]{0,254}\Z")
 # Ids appear inside Redis keys: keep them to characters that cannot form a hash tag
 # or a key separator trick.
-ID_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,128}$")
+ID_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,128}\Z")
 SYSTEM_PREFIX = "fanout/"
 
 FUNCTION_FAILED = "fanout/function.failed"
@@ -146,9 +146,10 @@ def prepare(event: Any, *, max_bytes: int, event_id: str | None = None,
         record["replay_of"] = ev.replay_of
     try:
         encoded = dumps(record)
-    except (TypeError, ValueError) as exc:
+        # Lone surrogates survive dumps(ensure_ascii=False) but are not UTF-8.
+        size = len(encoded.encode())
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidEventError(f"event {ev.name!r} data is not JSON: {exc}") from None
-    size = len(encoded.encode())
     if size > max_bytes:
         raise InvalidEventError(
             f"event {ev.name!r} is {size} bytes, over the limit of {max_bytes} "

@@ -11,6 +11,7 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from . import admission
 from .errors import (
     CancelRequested,
     ConfigurationError,
@@ -32,6 +33,7 @@ from .events import (
 from .parallel import BranchDone, BranchFailed
 from .retry import retry_at_ms
 from .step import Context, error_info
+from .store.flow import SlotSet
 
 if TYPE_CHECKING:
     from .fanout import Fanout
@@ -53,13 +55,16 @@ class LeaseKeeper:
     def __init__(self, fanout: Fanout) -> None:
         self._fanout = fanout
         self._held: dict[str, str] = {}
+        self._slots: dict[str, list[str]] = {}
         self._lock = threading.Lock()
         self._pid = 0
         self._wake = threading.Event()
 
-    def hold(self, run_id: str, token: str) -> None:
+    def hold(self, run_id: str, token: str, slots: list[str] | None = None) -> None:
         with self._lock:
             self._held[run_id] = token
+            if slots:
+                self._slots[run_id] = slots
             if self._pid != os.getpid():  # first use, or first use after a fork
                 self._pid = os.getpid()
                 threading.Thread(target=self._loop, name="fanout-lease", daemon=True).start()
@@ -67,6 +72,7 @@ class LeaseKeeper:
     def release(self, run_id: str) -> None:
         with self._lock:
             self._held.pop(run_id, None)
+            self._slots.pop(run_id, None)
 
     def _loop(self) -> None:
         pid = os.getpid()
@@ -75,10 +81,14 @@ class LeaseKeeper:
             self._wake.wait(settings.lease_seconds / 3)
             with self._lock:
                 held = list(self._held.items())
+                slots = list(self._slots.items())
             if not held:
                 continue
             try:
-                self._fanout.store.renew(held, now_ms() + int(settings.lease_seconds * 1000))
+                expiry = now_ms() + int(settings.lease_seconds * 1000)
+                self._fanout.store.renew(held, expiry)
+                if slots:  # concurrency slots expire with the lease they belong to
+                    self._fanout.flow_store.renew_slots(slots, expiry)
             except Exception:  # Redis briefly away: the next round tries again
                 logger.warning("lease: renewal failed", exc_info=True)
 
@@ -283,10 +293,19 @@ class Execution:
 def run_attempt(fanout: Fanout, function: FunctionDef, run_id: str) -> str:
     """Execute one attempt of ``run_id``; the body of every function's Celery task."""
     store = fanout.store
+    slots: list[SlotSet] = []
+    if function.flow.gates_start:
+        gate, slots = admission.gate(fanout, function, run_id)
+        if gate != "ok":
+            # Waiting for a concurrency slot (a release enqueues it) or throttled (a timer
+            # does): either way this message is done.
+            return "throttled"
     token = uuid.uuid4().hex
     now = now_ms()
     started = store.start(run_id, token, now, now + int(fanout.settings.lease_seconds * 1000))
     if started.kind != "ok":
+        if slots and started.kind in ("done", "missing"):
+            admission.release(fanout, run_id, slots)
         # done: a duplicate of a finished run; busy: executing elsewhere (if that worker
         # dies, its lease expires and the pump re-enqueues the run); early: a timer's
         # message arrived before its time and the timer was put back.
@@ -294,7 +313,10 @@ def run_attempt(fanout: Fanout, function: FunctionDef, run_id: str) -> str:
         if started.kind == "missing":
             logger.warning("run %s: no such run (expired or never created)", run_id)
         return started.kind
-    fanout.leases.hold(run_id, token)
+    if started.run.get("buffer"):  # a debounced or batched run: later events open a new one
+        fanout.flow_store.close_buffer(started.run["buffer"], run_id)
+    fanout.leases.hold(run_id, token, [s.slots for s in slots])
+    status = "lease-lost"
     try:
         finish_after = function.timeouts.finish_seconds if function.timeouts else None
         if finish_after is not None:
@@ -304,10 +326,13 @@ def run_attempt(fanout: Fanout, function: FunctionDef, run_id: str) -> str:
                                          first_start + int(finish_after * 1000))])
         parent_steps = store.load_steps(started.run["branch_of"]) \
             if started.run.get("branch_of") else None
-        return Execution(fanout, function, run_id, token, started.run, started.steps,
-                         parent_steps).execute()
+        status = Execution(fanout, function, run_id, token, started.run, started.steps,
+                           parent_steps).execute()
+        return status
     except LeaseLostError as exc:
         logger.warning("%s; another worker resumes it", exc)
         return "lease-lost"
     finally:
         fanout.leases.release(run_id)
+        if slots and status != "lease-lost":
+            admission.release(fanout, run_id, slots)

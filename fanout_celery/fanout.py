@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery
 
-from . import control, parallel, scheduler
+from . import admission, control, parallel, scheduler
 from .cron import check_missed, parse_cron
 from .durations import instant_ms
 from .errors import (
@@ -35,6 +35,15 @@ from .events import (
 )
 from .execution import LeaseKeeper, run_attempt
 from .flow import CancelOn, Timeouts, coerce_cancel_on
+from .flowcontrol import (
+    Batch,
+    Debounce,
+    FlowControl,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+)
 from .function import (
     Function,
     FunctionDef,
@@ -49,6 +58,7 @@ from .retry import RetryPolicy
 from .routing import Router, Subscription
 from .runs import FINAL, Run
 from .settings import Settings
+from .store.flow import FlowStore
 from .store.redis import NewRun, RedisStore
 
 logger = logging.getLogger("fanout")
@@ -87,6 +97,7 @@ class Fanout:
         self._settings: Settings | None = None
         self._store: RedisStore | None = None
         self._fast: FastPublisher | None = None
+        self._flow_store: FlowStore | None = None
         self._lock = threading.Lock()
         self.functions: dict[str, FunctionDef] = {}
         self.tasks: dict[str, Function] = {}
@@ -156,6 +167,10 @@ class Fanout:
                  cron_missed: str = "latest", cron_missed_limit: int = 10,
                  cancel_on: CancelOn | Sequence[CancelOn] | None = None,
                  timeouts: Timeouts | None = None,
+                 concurrency: Any = None, throttle: Throttle | None = None,
+                 rate_limit: RateLimit | None = None, debounce: Debounce | None = None,
+                 batch_events: Batch | None = None, priority: Priority | None = None,
+                 singleton: Singleton | None = None, idempotency: str | None = None,
                  **task_options: Any) -> Callable[[Callable[..., Any]], Function]:
         """Declare a durable function triggered by ``event`` and/or ``cron``.
 
@@ -171,6 +186,8 @@ class Fanout:
         crons = tuple(parse_cron(c).text for c in as_list(cron, "cron"))
         missed, missed_limit = check_missed(cron_missed, cron_missed_limit)
         cancel_list = coerce_cancel_on(cancel_on)
+        flow = FlowControl.build(concurrency, throttle, rate_limit, debounce, batch_events,
+                                 priority, singleton, idempotency)
         if timeouts is not None and not isinstance(timeouts, Timeouts):
             raise ConfigurationError(f"function {id!r}: timeouts must be a Timeouts(...)")
         policy = RetryPolicy.coerce(retries)
@@ -193,7 +210,7 @@ class Fanout:
                 retry_policy=policy, task_name=name or f"fanout.{id}", queue=queue or "",
                 on_failure=f"{id}-failure" if on_failure else None,
                 missed=missed, missed_limit=missed_limit, cancel_on=cancel_list,
-                timeouts=timeouts,
+                timeouts=timeouts, flow=flow,
             )
             task = self._register(definition, task_options)
             if crons:
@@ -279,11 +296,20 @@ class Fanout:
             chunk = records[start:start + CHUNK]
             now = now_ms()
             runs: list[NewRun] = []
+            skipped: list[NewRun] = []
             subs_by_id: dict[str, Subscription] = {}
             for record in chunk:
                 for sub in [only] if only else self.router.subscribers(record):
                     subs_by_id[sub.function_id] = sub
-                    runs.append(self._new_run(sub, [record], now, parent, notify_parent))
+                    run = self._new_run(sub, [record], now, parent, notify_parent)
+                    fate = admission.admit(self, sub, run, record, now) if sub.flow \
+                        else "create"
+                    if fate == "create":
+                        runs.append(run)
+                    elif fate == "skip":
+                        skipped.append(run)
+            if skipped:
+                self.store.create_skipped(skipped, now, int(s.retention * 1000))
             created, waiters = self.store.create_runs(
                 runs, chunk, now, now + int(s.lease_seconds * 1000), keep_events,
                 int(s.wait_lookback * 1000))
@@ -309,6 +335,23 @@ class Fanout:
                 fields["notify_parent"] = "1"
         return NewRun(run_id=run_id, function_id=sub.function_id,
                       event_ids=[r["id"] for r in records], fields=fields)
+
+    def enqueue(self, run_ids: Sequence[str]) -> None:
+        """Publish the task messages of existing runs (woken from a wait queue)."""
+        with self.app.producer_or_acquire() as producer, _batch(producer):
+            for run_id, info in zip(run_ids, self.store.dispatch_info(run_ids), strict=True):
+                if info is not None and info[2] not in FINAL:
+                    self.publish_run(run_id, info[0], info[1], info[3], producer)
+
+    def clock(self) -> int:
+        """Now, in ms; tests replace it to cross a 24-hour idempotency window."""
+        return now_ms()
+
+    @property
+    def flow_store(self) -> FlowStore:
+        if self._flow_store is None:
+            self._flow_store = FlowStore(self.store.client, self.store.keys)
+        return self._flow_store
 
     def publish_runs(self, runs: Sequence[NewRun]) -> None:
         """Put the task messages of newly created runs on the broker."""
@@ -440,6 +483,7 @@ class Fanout:
         now = now_ms()
         deadline = now + int(s.redispatch_seconds * 1000)
         control.expire_deadlines(self)
+        admission.reconcile(self)
         run_ids = self.store.claim_due(now, deadline, limit)
         expired = self.store.expired_leases(now, deadline, limit)
         if expired:

@@ -11,7 +11,7 @@ from .durations import parse_duration
 from .errors import ConfigurationError, InvalidStepError
 from .routing import check_pattern
 
-PATH_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+PATH_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\Z")
 
 
 def check_path(path: Any, what: str = "match") -> str:

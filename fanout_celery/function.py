@@ -15,6 +15,7 @@ from celery.worker.request import Request
 
 from .errors import ConfigurationError, RunFailedError
 from .flow import CancelOn, Timeouts
+from .flowcontrol import FlowControl
 from .retry import RetryPolicy
 from .routing import Subscription, check_pattern
 
@@ -25,9 +26,9 @@ logger = logging.getLogger("fanout.function")
 
 # The Celery task event sent when a run parks, by the status it parks in.
 PARKED_EVENTS = {"queued": "task-retrying", "sleeping": "task-sleeping",
-                 "waiting": "task-waiting"}
+                 "waiting": "task-waiting", "throttled": "task-throttled"}
 
-FUNCTION_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,127}$")
+FUNCTION_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,127}\Z")
 
 # Celery task options a function may pass through. Options the library relies on
 # (acks_late, serializer, bind, ...) are not among them.
@@ -54,6 +55,7 @@ class FunctionDef:
     missed_limit: int = 10
     cancel_on: tuple[CancelOn, ...] = ()
     timeouts: Timeouts | None = None
+    flow: FlowControl = field(default_factory=FlowControl)
 
     def subscription(self) -> Subscription:
         return Subscription(function_id=self.function_id, events=self.events,
@@ -61,7 +63,8 @@ class FunctionDef:
                             crons=self.crons, missed=self.missed,
                             missed_limit=self.missed_limit,
                             cancel_on=tuple(tuple(c.as_list()) for c in self.cancel_on),
-                            start_timeout=self.timeouts.start_seconds if self.timeouts else None)
+                            start_timeout=self.timeouts.start_seconds if self.timeouts else None,
+                            flow=None if self.flow.empty else self.flow.as_dict())
 
 
 JSON = "application/json"

@@ -17,7 +17,7 @@ from typing import Any
 from .errors import ConfigurationError
 from .events import SYSTEM_PREFIX, resolve_path
 
-PATTERN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-./:@+]{0,254}$")
+PATTERN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-./:@+]{0,254}\Z")
 # How long a process trusts its copy of the published subscriptions.
 CACHE_SECONDS = 1.0
 
@@ -70,6 +70,8 @@ class Subscription:
     # (event, match path, timeout seconds) of each cancel_on, and the start timeout.
     cancel_on: tuple[tuple[Any, ...], ...] = ()
     start_timeout: float | None = None
+    # Flow-control options (FlowControl.as_dict()), enforced by senders and workers.
+    flow: dict[str, Any] | None = None
 
     def accepts(self, event: dict[str, Any]) -> bool:
         if not any(matches(p, event["name"]) for p in self.events):
@@ -81,7 +83,7 @@ class Subscription:
                            "where": [list(w) for w in self.where], "crons": list(self.crons),
                            "missed": self.missed, "missed_limit": self.missed_limit,
                            "cancel_on": [list(c) for c in self.cancel_on],
-                           "start_timeout": self.start_timeout})
+                           "start_timeout": self.start_timeout, "flow": self.flow})
 
     @classmethod
     def loads(cls, function_id: str, raw: str) -> Subscription:
@@ -92,7 +94,7 @@ class Subscription:
                    crons=tuple(data.get("crons", [])), missed=data.get("missed", "latest"),
                    missed_limit=int(data.get("missed_limit", 10)),
                    cancel_on=tuple(tuple(c) for c in data.get("cancel_on", [])),
-                   start_timeout=data.get("start_timeout"))
+                   start_timeout=data.get("start_timeout"), flow=data.get("flow"))
 
 
 class Router:

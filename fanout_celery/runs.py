@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
-FINAL = frozenset({"completed", "failed", "cancelled"})
+STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled",
+            "skipped")
+# "skipped": created but never run, by a rate limit, a singleton or an idempotency key.
+FINAL = frozenset({"completed", "failed", "cancelled", "skipped"})
 
 
 def _time(ms: str | None) -> datetime | None:

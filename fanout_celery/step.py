@@ -52,6 +52,15 @@ class RunPlan:
     started: int = 0
 
 
+def _utf8(text: str) -> bool:
+    """False for text with lone surrogates, which Redis (UTF-8) cannot store."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _close(awaitable: Any) -> None:
     close = getattr(awaitable, "close", None)
     if close is not None:
@@ -77,10 +86,11 @@ class Step(WaitingSteps, ParallelSteps):
                 f"step {step_id!r} was called inside another step's function; steps cannot "
                 "be nested: call it from the handler, after the enclosing step returns"
             )
-        if not isinstance(step_id, str) or not step_id or len(step_id) > MAX_STEP_ID:
+        if not isinstance(step_id, str) or not step_id or len(step_id) > MAX_STEP_ID \
+                or not _utf8(step_id):
             raise InvalidStepError(
-                f"a step id is a non-empty string of at most {MAX_STEP_ID} characters, "
-                f"got {step_id!r}"
+                f"a step id is a non-empty string of at most {MAX_STEP_ID} characters "
+                f"(valid Unicode), got {step_id!r}"
             )
         n = self._counts.get(step_id, 0)
         key = step_id if n == 0 else f"{step_id}:{n}"
@@ -104,13 +114,14 @@ class Step(WaitingSteps, ParallelSteps):
         """The record as stored, and as read back (so first run and replay agree)."""
         try:
             encoded = dumps(record)
-        except (TypeError, ValueError) as exc:
+            size = len(encoded.encode())  # lone surrogates pass dumps, not UTF-8
+        except (TypeError, ValueError, RecursionError) as exc:
             raise StepOutputError(f"step {key!r} returned a value that is not JSON: {exc}") \
                 from None
         limit = self._x.settings.max_step_output_bytes
-        if len(encoded) > limit and len(encoded.encode()) > limit:
+        if size > limit:
             raise StepOutputError(
-                f"step {key!r} output is {len(encoded.encode())} bytes, over the limit of "
+                f"step {key!r} output is {size} bytes, over the limit of "
                 f"{limit} (fanout_max_step_output_bytes); store it elsewhere and return a "
                 "reference"
             )

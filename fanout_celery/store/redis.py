@@ -119,6 +119,23 @@ class RedisStore:
             pipe.execute()
         return created, waiters
 
+    def create_skipped(self, runs: Sequence[NewRun], now_ms: int, retention_ms: int) -> None:
+        """Record runs that flow control skipped: visible in history, never executed."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for run in runs:
+            pipe.hsetnx(k.run(run.run_id), "status", "skipped")
+            mapping: dict[str | bytes, str] = {
+                "created_at": str(now_ms), "ended_at": str(now_ms), "attempt": "0",
+                "meta": pack_meta(run.fields), "events": run.fields["events"],
+                "error": json.dumps({"type": "Skipped", "message": run.fields.get("skipped", "")}),
+            }
+            pipe.hset(k.run(run.run_id), mapping=mapping)
+            pipe.pexpire(k.run(run.run_id), retention_ms)
+            pipe.zadd(k.function_runs(run.function_id), {run.run_id: now_ms})
+            pipe.sadd(k.event_runs(run.event_ids[0]), run.run_id)
+        pipe.execute()
+
     def create_rerun(self, run_id: str, function_id: str, fields: dict[str, str],
                      steps: dict[str, str], event_ids: Sequence[str], retention_ms: int,
                      now_ms: int) -> None:
@@ -343,6 +360,8 @@ class RedisStore:
         return [sorted(ids) for ids in pipe.execute()]
 
     def get_event(self, event_id: str) -> dict[str, Any] | None:
+        if ":" in event_id:  # not an event id: "<id>:runs" is that event's set of runs
+            return None
         raw = self.client.get(self.keys.event(event_id))
         return None if raw is None else dict(json.loads(raw))
 
