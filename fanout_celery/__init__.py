@@ -21,6 +21,7 @@ from .errors import (
 from .events import Event
 from .fanout import Fanout
 from .flow import CancelOn, Timeouts
+from .flowcontrol import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from .function import Function
 from .retry import RetryPolicy
 from .runs import Run, StepRecord
@@ -29,9 +30,12 @@ from .step import Context, Step
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batch",
     "CancelOn",
+    "Concurrency",
     "ConfigurationError",
     "Context",
+    "Debounce",
     "DuplicateFunctionError",
     "Event",
     "Fanout",
@@ -42,15 +46,19 @@ __all__ = [
     "LeaseLostError",
     "NestedStepError",
     "NonRetriableError",
+    "Priority",
+    "RateLimit",
     "RetryAfterError",
     "RetryPolicy",
-    "RunFailedError",
     "Run",
+    "RunFailedError",
     "RunTimeoutError",
+    "Singleton",
     "Step",
     "StepError",
     "StepOutputError",
     "StepRecord",
+    "Throttle",
     "Timeouts",
     "TooManyStepsError",
     "UnknownFunctionError",
