@@ -36,7 +36,7 @@ def parse_cron(text: object) -> CronSpec:
         zone = head.split("=", 1)[1]
         try:
             ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: name too long
             raise ConfigurationError(f"unknown time zone {zone!r} in cron {text!r}") from None
     fields = expr.split()
     if len(fields) not in (5, 6):

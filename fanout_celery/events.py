@@ -66,6 +66,8 @@ class Event(BaseModel):
     v: str | None = None
     # Set on events sent again by ``replay``: the id of the event replayed.
     replay_of: str | None = None
+    # Trace context (W3C traceparent) of the run that sent it, set by tracing middleware.
+    trace: dict[str, str] | None = None
 
     def __init__(self, /, **kwargs: Any) -> None:
         try:
@@ -144,6 +146,8 @@ def prepare(event: Any, *, max_bytes: int, event_id: str | None = None,
         record["v"] = ev.v
     if ev.replay_of is not None:
         record["replay_of"] = ev.replay_of
+    if ev.trace is not None:
+        record["trace"] = ev.trace
     try:
         encoded = dumps(record)
         # Lone surrogates survive dumps(ensure_ascii=False) but are not UTF-8.

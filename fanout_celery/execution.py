@@ -26,13 +26,14 @@ from .events import (
     FUNCTION_CANCELLED,
     FUNCTION_FAILED,
     FUNCTION_FINISHED,
+    Event,
     derived_id,
     dumps,
     now_ms,
 )
 from .parallel import BranchDone, BranchFailed
 from .retry import retry_at_ms
-from .step import Context, error_info
+from .step import Context, Step, error_info
 from .store.flow import SlotSet
 
 if TYPE_CHECKING:
@@ -96,6 +97,9 @@ class LeaseKeeper:
 class Execution:
     """State of one attempt of one run while its handler executes."""
 
+    # What ``ctx.step`` is built from (fanout_celery.testing substitutes a subclass).
+    step_class: type[Step] = Step
+
     def __init__(self, fanout: Fanout, function: FunctionDef, run_id: str, token: str,
                  run: dict[str, str], steps: dict[str, str],
                  parent_steps: dict[str, str] | None = None) -> None:
@@ -110,6 +114,8 @@ class Execution:
         self.branch: tuple[str, int] | None = (
             (run["branch_step"], int(run["branch_index"])) if run.get("branch_of") else None)
         self.is_async = inspect.iscoroutinefunction(function.handler)
+        self.mw = fanout.middleware
+        self.ctx: Context | None = None
         self.events: list[dict[str, Any]] = json.loads(run.get("events", "[]"))
         self.body_attempt = int(run.get("attempt", 0))
         self.log = logging.LoggerAdapter(logger, {"run_id": run_id})
@@ -198,6 +204,24 @@ class Execution:
         if self.run.get("cancel"):
             return self._cancelled()
         ctx = Context(self)
+        self.ctx = ctx
+        if not self.mw:
+            return self._execute(ctx)
+        ctx.events = [Event(**self.mw.transform_input(ctx, None, e.model_dump(
+            exclude_none=True))) for e in ctx.events]
+        ctx.event = ctx.events[0]
+        self.mw.before_execution(ctx)
+        status, error = "lease-lost", None
+        try:
+            status = self._execute(ctx)
+            return status
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.mw.after_execution(ctx, status, error)
+
+    def _execute(self, ctx: Context) -> str:
         try:
             output = self._call_handler(ctx)
         except BranchDone as done:
@@ -232,6 +256,8 @@ class Execution:
             return "queued"
         try:
             encoded = dumps(output)
+            if self.mw:
+                encoded = dumps(self.mw.transform_output(ctx, None, json.loads(encoded)))
         except (TypeError, ValueError) as exc:
             return self._fail(InvalidStepError(
                 f"function {self.function.function_id!r} returned a value that is not JSON: "

@@ -53,6 +53,7 @@ from .function import (
     check_handler,
     check_task_options,
 )
+from .middleware import Chain, Middleware
 from .publish import FastPublisher
 from .retry import RetryPolicy
 from .routing import Router, Subscription
@@ -89,7 +90,8 @@ class Fanout:
     """
 
     def __init__(self, app: Celery, *, redis_url: str | None = None,
-                 key_prefix: str | None = None) -> None:
+                 key_prefix: str | None = None,
+                 middleware: Sequence[Middleware] = ()) -> None:
         if app in _INSTANCES:
             raise ConfigurationError("this Celery app already has a Fanout; create one per app")
         self.app = app
@@ -98,6 +100,7 @@ class Fanout:
         self._store: RedisStore | None = None
         self._fast: FastPublisher | None = None
         self._flow_store: FlowStore | None = None
+        self.middleware = Chain(middleware)
         self._lock = threading.Lock()
         self.functions: dict[str, FunctionDef] = {}
         self.tasks: dict[str, Function] = {}
@@ -270,12 +273,26 @@ class Fanout:
         """Publish one event or a list of them; every subscribed function gets one run
         per event. Returns the event ids. A batch with one bad event sends none."""
         records = prepare_batch(events, max_bytes=self.settings.max_event_bytes)
+        if self.middleware:
+            records = self._transform_sent(None, records)
         self._dispatch(records, parent=None)
         return [r["id"] for r in records]
 
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add a middleware after those already added (see fanout_celery.middleware)."""
+        self.middleware.add(middleware)
+
+    def _transform_sent(self, ctx: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = self.middleware.before_send_events(ctx, records)
+        # Middleware output is validated again: it must still be a valid event.
+        return prepare_batch(out, max_bytes=self.settings.max_event_bytes * 2,
+                             allow_system=True)
+
     def send_from_step(self, events: Any, id_for: Callable[[int], str],
-                       parent: tuple[str, str]) -> list[str]:
+                       parent: tuple[str, str], ctx: Any = None) -> list[str]:
         records = prepare_batch(events, max_bytes=self.settings.max_event_bytes, id_for=id_for)
+        if self.middleware:
+            records = self._transform_sent(ctx, records)
         self._dispatch(records, parent=parent)
         return [r["id"] for r in records]
 
@@ -400,9 +417,11 @@ class Fanout:
         return local.subscription() if local else self.router.all().get(function_id)
 
     def start_child(self, sub: Subscription, event: dict[str, Any],
-                    parent: tuple[str, str]) -> None:
+                    parent: tuple[str, str], ctx: Any = None) -> None:
         """Start (once) the run of ``step.invoke``; it resolves the parent when it ends."""
         record = prepare(event, max_bytes=self.settings.max_event_bytes, allow_system=True)
+        if self.middleware:
+            record = self._transform_sent(ctx, [record])[0]
         self._dispatch([record], parent=parent, only=sub, notify_parent=True)
 
     def start_branches(self, execution: Any, key: str, n: int) -> None:

@@ -169,8 +169,10 @@ class Step(WaitingSteps, ParallelSteps):
             status = record["status"]
             if status == "completed":
                 self._x.replayed(key)
-                return RunPlan(key, record, 0, policy, memoized=True,
-                               output=record.get("output"))
+                output = record.get("output")
+                if self._x.mw:
+                    output = self._x.mw.transform_input(self._x.ctx, key, output)
+                return RunPlan(key, record, 0, policy, memoized=True, output=output)
             if status == "failed":
                 self._x.replayed(key)
                 raise StepError(key, record.get("error") or {})
@@ -179,6 +181,8 @@ class Step(WaitingSteps, ParallelSteps):
                 raise Suspend("queued", int(record["retry_at"]))
         self._x.replay_done()
         self.attempt = attempt
+        if self._x.mw:
+            self._x.mw.before_step(self._x.ctx, key)
         return RunPlan(key, record, attempt, policy, started=now_ms())
 
     def _completed(self, plan: RunPlan, value: Any) -> Any:
@@ -186,12 +190,21 @@ class Step(WaitingSteps, ParallelSteps):
             "status": "completed", "output": value, "attempts": plan.attempt + 1,
             "started_at": plan.started, "ended_at": now_ms(), "seq": self._seq(plan.record),
         })
+        output = stored["output"]
+        mw = self._x.mw
+        if mw:
+            mw.after_step(self._x.ctx, plan.key, output, None)
+            # Only the stored copy is transformed (e.g. encrypted); the handler gets output.
+            encoded, stored = self._encode(plan.key, {
+                **stored, "output": mw.transform_output(self._x.ctx, plan.key, output)})
         self._x.checkpoint(plan.key, encoded, stored)
-        return stored["output"]
+        return output
 
     def _failed(self, plan: RunPlan, exc: Exception) -> NoReturn:
         key, record, attempt, started, policy = (plan.key, plan.record, plan.attempt,
                                                   plan.started, plan.policy)
+        if self._x.mw:
+            self._x.mw.after_step(self._x.ctx, key, None, exc)
         now = now_ms()
         base = {"error": error_info(exc), "attempts": attempt + 1, "started_at": started,
                 "ended_at": now, "seq": self._seq(record)}
@@ -222,6 +235,7 @@ class Step(WaitingSteps, ParallelSteps):
         run_id = self._x.run_id
         ids = self._x.fanout.send_from_step(
             events, id_for=lambda i: derived_id(run_id, key, str(i)), parent=(run_id, key),
+            ctx=self._x.ctx,
         )
         encoded, stored = self._encode(key, {
             "status": "completed", "output": ids, "attempts": 1, "kind": "send_event",
@@ -268,7 +282,7 @@ class Context:
         self._x = execution
         self.events = [Event(**e) for e in execution.events]
         self.event = self.events[0]
-        self.step: Any = Step(execution)
+        self.step: Any = execution.step_class(execution)
         if execution.is_async:
             from .asyncstep import AsyncStep
 

@@ -221,7 +221,7 @@ class WaitingSteps:
             return self._invoked(key, x.settle(key, "invoking", encoded, stored))
         # Idempotent: the child's run id derives from this run and step.
         x.fanout.start_child(sub, {"name": FUNCTION_INVOKED, "data": data or {},
-                                   "id": event_id}, parent=(x.run_id, key))
+                                   "id": event_id}, parent=(x.run_id, key), ctx=x.ctx)
         resolved = x.park("waiting", timeout_at, expect=(key, "invoking"))
         if resolved is None:
             raise _parked("waiting", timeout_at)
