@@ -23,9 +23,11 @@ from .fanout import Fanout
 from .flow import CancelOn, Timeouts
 from .flowcontrol import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from .function import Function
+from .middleware import Middleware
 from .retry import RetryPolicy
 from .runs import Run, StepRecord
 from .step import Context, Step
+from .typed import EventType
 
 __version__ = "0.1.0"
 
@@ -38,12 +40,14 @@ __all__ = [
     "Debounce",
     "DuplicateFunctionError",
     "Event",
+    "EventType",
     "Fanout",
     "FanoutError",
     "Function",
     "InvalidEventError",
     "InvalidStepError",
     "LeaseLostError",
+    "Middleware",
     "NestedStepError",
     "NonRetriableError",
     "Priority",

@@ -49,11 +49,12 @@ class AsyncStep:
             "supported); use ctx.step.parallel to run branches concurrently")
 
     async def run(self, step_id: str, fn: Callable[..., Any], *args: Any,
-                  retries: int | RetryPolicy | None = None, **kwargs: Any) -> Any:
+                  retries: int | RetryPolicy | None = None, output_type: Any = None,
+                  **kwargs: Any) -> Any:
         """Like ``Step.run``; ``fn`` may be a coroutine function."""
         self._check_idle(step_id)
         s = self._s
-        plan = s._plan(step_id, fn, retries)
+        plan = s._plan(step_id, fn, retries, output_type)
         if plan.memoized:
             return plan.output
         s._in_step = True

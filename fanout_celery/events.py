@@ -77,6 +77,12 @@ class Event(BaseModel):
                 f"invalid event {kwargs.get('name')!r}: {_describe(exc)}"
             ) from None
 
+    @field_validator("data", mode="before")
+    @classmethod
+    def _model_data(cls, value: Any) -> Any:
+        # Typed events: a pydantic model instance is stored as its JSON form.
+        return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:

@@ -61,6 +61,7 @@ from .runs import FINAL, Run
 from .settings import Settings
 from .store.flow import FlowStore
 from .store.redis import NewRun, RedisStore
+from .typed import EventType
 
 logger = logging.getLogger("fanout")
 
@@ -101,6 +102,7 @@ class Fanout:
         self._fast: FastPublisher | None = None
         self._flow_store: FlowStore | None = None
         self.middleware = Chain(middleware)
+        self.event_types: dict[str, EventType[Any]] = {}
         self._lock = threading.Lock()
         self.functions: dict[str, FunctionDef] = {}
         self.tasks: dict[str, Function] = {}
@@ -162,7 +164,7 @@ class Fanout:
         return self._store
 
     # -- declaring functions -------------------------------------------------------
-    def function(self, id: str, *, event: str | Sequence[str] | None = None,
+    def function(self, id: str, *, event: Any = None,
                  cron: str | Sequence[str] | None = None,
                  retries: int | RetryPolicy = 4,
                  on_failure: Callable[..., Any] | None = None,
@@ -185,7 +187,13 @@ class Fanout:
         runs still queued after ``start`` or unfinished after ``finish``.
         """
         check_function_id(id)
-        events = check_events(as_list(event, "event"))
+        triggers = event if isinstance(event, (list, tuple)) else \
+            ([] if event is None else [event])
+        for trigger in triggers:
+            if isinstance(trigger, EventType):
+                self.register_event_type(trigger)
+        events = check_events(as_list(
+            [t.name if isinstance(t, EventType) else t for t in triggers] or None, "event"))
         crons = tuple(parse_cron(c).text for c in as_list(cron, "cron"))
         missed, missed_limit = check_missed(cron_missed, cron_missed_limit)
         cancel_list = coerce_cancel_on(cancel_on)
@@ -273,10 +281,34 @@ class Fanout:
         """Publish one event or a list of them; every subscribed function gets one run
         per event. Returns the event ids. A batch with one bad event sends none."""
         records = prepare_batch(events, max_bytes=self.settings.max_event_bytes)
+        if self.event_types:
+            self._check_types(records)
         if self.middleware:
             records = self._transform_sent(None, records)
         self._dispatch(records, parent=None)
         return [r["id"] for r in records]
+
+    def register_event_type(self, event_type: EventType[Any]) -> EventType[Any]:
+        """Validate every event of this name (sent from this process) against its model,
+        and let handlers read ``ctx.data`` as the model."""
+        if not isinstance(event_type, EventType):
+            raise ConfigurationError(f"expected an EventType, got {event_type!r}")
+        known = self.event_types.get(event_type.name)
+        if known is not None and known.model is not event_type.model:
+            raise ConfigurationError(f"event {event_type.name!r} already has the type "
+                                     f"{known.model.__name__}")
+        self.event_types[event_type.name] = event_type
+        return event_type
+
+    def _check_types(self, records: list[dict[str, Any]]) -> None:
+        for index, record in enumerate(records):
+            event_type = self.event_types.get(record["name"])
+            if event_type is not None:
+                try:
+                    event_type.parse(record["data"])
+                except InvalidEventError as exc:
+                    raise InvalidEventError(f"event #{index} of the batch: {exc}; nothing "
+                                            "was sent") from None
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add a middleware after those already added (see fanout_celery.middleware)."""
@@ -291,6 +323,8 @@ class Fanout:
     def send_from_step(self, events: Any, id_for: Callable[[int], str],
                        parent: tuple[str, str], ctx: Any = None) -> list[str]:
         records = prepare_batch(events, max_bytes=self.settings.max_event_bytes, id_for=id_for)
+        if self.event_types:
+            self._check_types(records)
         if self.middleware:
             records = self._transform_sent(ctx, records)
         self._dispatch(records, parent=parent)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from pydantic import BaseModel
+
 from .errors import (
     InvalidStepError,
     NestedStepError,
@@ -22,6 +24,7 @@ from .errors import (
 from .events import derived_id, dumps, now_ms
 from .parallel import ParallelSteps
 from .retry import RetryPolicy, retry_at_ms
+from .typed import output_model
 from .waiting import WaitingSteps
 
 if TYPE_CHECKING:
@@ -50,6 +53,7 @@ class RunPlan:
     memoized: bool = False
     output: Any = None
     started: int = 0
+    model: Any = None
 
 
 def _utf8(text: str) -> bool:
@@ -130,14 +134,17 @@ class Step(WaitingSteps, ParallelSteps):
 
     # -- steps ---------------------------------------------------------------------
     def run(self, step_id: str, fn: Callable[..., Any], *args: Any,
-            retries: int | RetryPolicy | None = None, **kwargs: Any) -> Any:
+            retries: int | RetryPolicy | None = None, output_type: Any = None,
+            **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` once and memoize its JSON output.
 
         On replay the recorded output is returned without calling ``fn``. A failure is
         retried (per step) with the function's policy, or ``retries`` when given; after
-        the last retry ``StepError`` is raised here on every replay.
+        the last retry ``StepError`` is raised here on every replay. A pydantic model
+        output (``output_type=``, or ``fn``'s return annotation) is stored as JSON and
+        returned as the model, first time and on replay.
         """
-        plan = self._plan(step_id, fn, retries)
+        plan = self._plan(step_id, fn, retries, output_type)
         if plan.memoized:
             return plan.output
         self._in_step = True
@@ -157,11 +164,13 @@ class Step(WaitingSteps, ParallelSteps):
             self._in_step = False
         return self._completed(plan, value)
 
-    def _plan(self, step_id: str, fn: Any, retries: int | RetryPolicy | None) -> RunPlan:
+    def _plan(self, step_id: str, fn: Any, retries: int | RetryPolicy | None,
+              output_type: Any = None) -> RunPlan:
         """Everything ``run`` decides before calling the step's body."""
         key = self._key(step_id)
         if not callable(fn):
             raise InvalidStepError(f"step {key!r}: expected a callable, got {fn!r}")
+        model = output_model(fn, output_type)
         policy = self._x.function.retry_policy if retries is None else RetryPolicy.coerce(retries)
         record = self._x.memo.get(key)
         attempt = 0
@@ -172,6 +181,8 @@ class Step(WaitingSteps, ParallelSteps):
                 output = record.get("output")
                 if self._x.mw:
                     output = self._x.mw.transform_input(self._x.ctx, key, output)
+                if model is not None:
+                    output = model.model_validate(output)
                 return RunPlan(key, record, 0, policy, memoized=True, output=output)
             if status == "failed":
                 self._x.replayed(key)
@@ -183,9 +194,11 @@ class Step(WaitingSteps, ParallelSteps):
         self.attempt = attempt
         if self._x.mw:
             self._x.mw.before_step(self._x.ctx, key)
-        return RunPlan(key, record, attempt, policy, started=now_ms())
+        return RunPlan(key, record, attempt, policy, started=now_ms(), model=model)
 
     def _completed(self, plan: RunPlan, value: Any) -> Any:
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
         encoded, stored = self._encode(plan.key, {
             "status": "completed", "output": value, "attempts": plan.attempt + 1,
             "started_at": plan.started, "ended_at": now_ms(), "seq": self._seq(plan.record),
@@ -198,7 +211,7 @@ class Step(WaitingSteps, ParallelSteps):
             encoded, stored = self._encode(plan.key, {
                 **stored, "output": mw.transform_output(self._x.ctx, plan.key, output)})
         self._x.checkpoint(plan.key, encoded, stored)
-        return output
+        return output if plan.model is None else plan.model.model_validate(output)
 
     def _failed(self, plan: RunPlan, exc: Exception) -> NoReturn:
         key, record, attempt, started, policy = (plan.key, plan.record, plan.attempt,
@@ -291,6 +304,13 @@ class Context:
         self.function_id = execution.function.function_id
         self.logger = ReplayAwareLogger(
             logging.getLogger(f"fanout.function.{self.function_id}"), execution)
+
+    @property
+    def data(self) -> Any:
+        """The trigger event's data: its pydantic model when the event name has an
+        ``EventType`` registered with the Fanout, else the dict."""
+        event_type = self._x.fanout.event_types.get(self.event.name)
+        return self.event.data if event_type is None else event_type.parse(self.event.data)
 
     @property
     def attempt(self) -> int:
