@@ -100,7 +100,7 @@ def gate(fanout: Fanout, function: FunctionDef, run_id: str) -> tuple[str, list[
     """Before a run starts: take its concurrency slots and pass its throttle.
     Returns ('ok' | 'wait' | 'later', the run's slot sets)."""
     flow = function.flow
-    raw = fanout.store.client.hget(fanout.store.keys.run(run_id), "events")
+    raw = fanout.store.run_field(run_id, "events")
     if raw is None:
         return "ok", []
     event = json.loads(raw)[0]

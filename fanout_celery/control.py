@@ -55,7 +55,7 @@ def resolve_waits(fanout: Fanout, name: str, waiters: dict[str, str],
 
 def _merge_record(fanout: Fanout, run_id: str, step_key: str,
                   new: dict[str, Any]) -> str | None:
-    current = fanout.store.client.hget(fanout.store.keys.steps(run_id), step_key)
+    current = fanout.store.step_record(run_id, step_key)
     if current is None:
         return None
     return dumps({**json.loads(current), **new})
@@ -133,10 +133,8 @@ def cancel(fanout: Fanout, run_id: str, reason: str = "cancelled") -> str:
 def cancel_runs(fanout: Fanout, function_id: str, started_after: int | None,
                 started_before: int | None) -> int:
     """Cancel the function's runs created in the time range (ms); returns how many."""
-    ids = fanout.store.client.zrangebyscore(
-        fanout.store.keys.function_runs(function_id),
-        "-inf" if started_after is None else started_after,
-        "+inf" if started_before is None else started_before)
+    ids = [rid for _, rid in fanout.store.function_run_ids([function_id], started_after,
+                                                         started_before)]
     return sum(1 for run_id in ids if cancel(fanout, run_id, "cancelled in bulk")
                in ("cancelled", "requested"))
 

@@ -287,7 +287,7 @@ class Execution:
         return "failed"
 
     def _cancelled(self) -> str:
-        reason = self.fanout.store.client.hget(self.fanout.store.keys.run(self.run_id), "cancel")
+        reason = self.fanout.store.run_field(self.run_id, "cancel")
         info = json.loads(reason) if reason else {"type": "Cancelled", "message": "cancelled"}
         self.log.info("run %s of %s cancelled", self.run_id, self.function.function_id)
         self._announce(FUNCTION_CANCELLED, {"error": info}, {"status": "failed", "error": info})

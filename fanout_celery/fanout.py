@@ -121,10 +121,7 @@ class Fanout:
         """Problems with the Redis that holds run state, as messages (also logged):
         an eviction policy that may drop live run keys, an app accepting pickle."""
         problems = []
-        try:
-            policy = self.store.client.config_get("maxmemory-policy").get("maxmemory-policy")
-        except Exception:  # CONFIG is often disabled on managed Redis: nothing to check
-            policy = None
+        policy = self.store.maxmemory_policy()
         if policy and policy.startswith("allkeys"):
             problems.append(
                 f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis may evict "

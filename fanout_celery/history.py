@@ -34,19 +34,10 @@ def list_runs(fanout: Fanout, *, function: str | None = None, status: str | None
         candidates = [(0.0, rid) for rid in store.runs_for_event(event_id)]
     else:
         functions = [function] if function else sorted(fanout.router.all())
-        pipe = store.client.pipeline(transaction=False)
-        for fid in functions:
-            pipe.zrevrangebyscore(store.keys.function_runs(fid),
-                                  "+inf" if until_ms is None else until_ms,
-                                  "-inf" if since_ms is None else since_ms, withscores=True)
-        candidates = sorted(((score, rid) for rows in pipe.execute() for rid, score in rows),
-                            reverse=True)
+        candidates = store.function_run_ids(functions, since_ms, until_ms)
     ids = [rid for _, rid in candidates]
     if status is not None:
-        pipe = store.client.pipeline(transaction=False)
-        for rid in ids:
-            pipe.hget(store.keys.run(rid), "status")
-        ids = [rid for rid, st in zip(ids, pipe.execute(), strict=True) if st == status]
+        ids = [rid for rid, st in zip(ids, store.statuses(ids), strict=True) if st == status]
     page = ids[offset:offset + limit]
     loaded = store.load_runs(page)
     runs = [r for r in (Run.from_store(rid, raw, steps)
@@ -62,9 +53,7 @@ def list_events(fanout: Fanout, *, name: str | None = None, since_ms: int | None
     cursor = 0
     batch = max(limit * 4, 200)
     while len(out) < limit:
-        ids = store.client.zrevrangebyscore(
-            store.keys.events, "+inf", "-inf" if since_ms is None else since_ms,
-            start=cursor, num=batch)
+        ids = store.event_ids(since_ms, cursor, batch)
         if not ids:
             break
         cursor += len(ids)

@@ -179,7 +179,7 @@ def join(fanout: Fanout, run: dict[str, str], outcome: dict[str, Any]) -> None:
     """A branch run ended: record its result in the parent; the last one wakes it."""
     parent, group, index = run["branch_of"], run["branch_step"], int(run["branch_index"])
     store = fanout.store
-    current = store.client.hget(store.keys.steps(parent), group)
+    current = store.step_record(parent, group)
     if current is None:
         return
     record = json.loads(current)

@@ -353,6 +353,46 @@ class RedisStore:
     def runs_for_event(self, event_id: str) -> list[str]:
         return sorted(self.client.smembers(self.keys.event_runs(event_id)))
 
+    def run_field(self, run_id: str, name: str) -> str | None:
+        """One field of a run's record (a field kept outside "meta")."""
+        value = self.client.hget(self.keys.run(run_id), name)
+        return None if value is None else str(value)
+
+    def step_record(self, run_id: str, step_key: str) -> str | None:
+        """The JSON record of one step of a run."""
+        value = self.client.hget(self.keys.steps(run_id), step_key)
+        return None if value is None else str(value)
+
+    def function_run_ids(self, function_ids: Sequence[str], since_ms: int | None = None,
+                         until_ms: int | None = None) -> list[tuple[float, str]]:
+        """``(created_ms, run id)`` of the functions' runs in the range, newest first."""
+        pipe = self.client.pipeline(transaction=False)
+        for fid in function_ids:
+            pipe.zrevrangebyscore(self.keys.function_runs(fid),
+                                  "+inf" if until_ms is None else until_ms,
+                                  "-inf" if since_ms is None else since_ms, withscores=True)
+        return sorted(((score, rid) for rows in pipe.execute() for rid, score in rows),
+                      reverse=True)
+
+    def statuses(self, run_ids: Sequence[str]) -> list[str | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for rid in run_ids:
+            pipe.hget(self.keys.run(rid), "status")
+        return list(pipe.execute())
+
+    def event_ids(self, since_ms: int | None, start: int, num: int) -> list[str]:
+        """Stored event ids, newest first (``start``/``num`` page through them)."""
+        return list(self.client.zrevrangebyscore(
+            self.keys.events, "+inf", "-inf" if since_ms is None else since_ms,
+            start=start, num=num))
+
+    def maxmemory_policy(self) -> str | None:
+        """Redis' eviction policy, or None where CONFIG is not allowed (managed Redis)."""
+        try:
+            return str(self.client.config_get("maxmemory-policy").get("maxmemory-policy"))
+        except Exception:
+            return None
+
     def runs_for_events(self, event_ids: Sequence[str]) -> list[list[str]]:
         pipe = self.client.pipeline(transaction=False)
         for event_id in event_ids:
