@@ -16,13 +16,10 @@ from celery import Celery
 # Celery's own threaded worker fixture.
 from celery.contrib.pytest import celery_worker  # noqa: F401
 from celery.contrib.testing.worker import start_worker
+from support import configure_app, in_ci
 
 from fanout_celery import Fanout
 from fanout_celery.embedded import EmbeddedRedis, find_redis_server
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
 @pytest.fixture(scope="session")
@@ -62,19 +59,6 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
-
-
-def configure_app(app: Celery, url: str) -> None:
-    """Test settings: fast pump, short leases (crash tests resume quickly)."""
-    app.conf.update(
-        broker_url=url,
-        result_backend=None,
-        fanout_pump_interval=0.05,
-        fanout_lease_seconds=3,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        task_default_queue="celery",
-    )
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from celery import Celery
-from conftest import configure_app
 from procs import wait_for, worker_process
+from support import configure_app
 
 from fanout_celery import (
     CancelOn,
