@@ -16,14 +16,15 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import ConfigurationError, FanoutError
+from .errors import ConfigurationError
 from .middleware import Middleware
 
 MARK = "__fanout_encrypted__"
 
 
-class DecryptionError(FanoutError):
-    """Stored data could not be decrypted with any configured key."""
+class DecryptionError(ConfigurationError):
+    """Stored data could not be decrypted with any configured key. A configuration
+    problem (the key that encrypted it was removed), so the run fails without retries."""
 
 
 class EncryptionMiddleware(Middleware):

@@ -52,7 +52,9 @@ class Chain:
     """The middleware of one Fanout, applied in the documented order."""
 
     def __init__(self, items: Sequence[Middleware] = ()) -> None:
-        self.items: list[Middleware] = list(items)
+        self.items: list[Middleware] = []
+        for item in items:
+            self.add(item)
 
     def __bool__(self) -> bool:
         return bool(self.items)

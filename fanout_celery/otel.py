@@ -36,7 +36,7 @@ class OpenTelemetryMiddleware(Middleware):
             self._open[key] = (span, token)
 
     def _end(self, key: tuple[str, str], error: BaseException | None,
-             attributes: dict[str, Any]) -> None:
+             attributes: dict[str, Any], failed: bool = False) -> None:
         with self._lock:
             opened = self._open.pop(key, None)
         if opened is None:
@@ -47,6 +47,8 @@ class OpenTelemetryMiddleware(Middleware):
         if error is not None and isinstance(error, Exception):
             span.record_exception(error)
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, str(error)))
+        elif failed:  # the run failed: its error is on the run, no exception escaped
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, "run failed"))
         span.end()
         try:
             self._context.detach(token)
@@ -64,7 +66,8 @@ class OpenTelemetryMiddleware(Middleware):
 
     def after_execution(self, ctx: Any, status: str, error: BaseException | None) -> None:
         if self._trace is not None:
-            self._end((ctx.run_id, ""), error, {"fanout.status": status})
+            self._end((ctx.run_id, ""), error, {"fanout.status": status},
+                      failed=status == "failed")
 
     def before_step(self, ctx: Any, step_id: str) -> None:
         if self._trace is not None:

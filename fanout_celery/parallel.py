@@ -147,7 +147,12 @@ class ParallelSteps:
         for i, record in enumerate(records):
             if record and record["status"] == "failed":
                 raise StepError(branch_field(key, i), record.get("error") or {})
-        return [r.get("output") if r else None for r in records]
+        outputs = [r.get("output") if r else None for r in records]
+        mw = self._x.mw
+        if mw:  # branch outputs are stored as their branch run's middleware left them
+            outputs = [mw.transform_input(self._x.ctx, branch_field(key, i), output)
+                       for i, output in enumerate(outputs)]
+        return outputs
 
 
 def start_branches(fanout: Fanout, x: Execution, key: str, n: int) -> None:

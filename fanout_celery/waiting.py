@@ -130,7 +130,7 @@ class WaitingSteps:
         record = self._memo(key, ("wait_for_event",))
         if record is not None and record["status"] == "completed":
             self._x.replayed(key)
-            return None if record.get("output") is None else Event(**record["output"])
+            return self._waited(key, record)
         self._x.replay_done()
         field = waiter_field(self._x.run_id, key)
         now = now_ms()
@@ -179,6 +179,8 @@ class WaitingSteps:
 
     def _waited(self, key: str, record: dict[str, Any]) -> Event | None:
         output = record.get("output")
+        if output is not None and self._x.mw:  # e.g. decrypts data["encrypted"]
+            output = self._x.mw.transform_input(self._x.ctx, key, output)
         return None if output is None else Event(**output)
 
     # -- invoke ----------------------------------------------------------------------
@@ -230,7 +232,9 @@ class WaitingSteps:
     def _invoked(self, key: str, record: dict[str, Any]) -> Any:
         if record["status"] == "failed":
             raise StepError(key, record.get("error") or {})
-        return record.get("output")
+        # The child's output as stored, i.e. transformed by its middleware (encrypted).
+        output = record.get("output")
+        return self._x.mw.transform_input(self._x.ctx, key, output) if self._x.mw else output
 
 
 def _parked(status: str, wake: int) -> Suspend:
