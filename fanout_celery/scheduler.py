@@ -38,7 +38,10 @@ def install(fanout: Fanout) -> None:
     def cron_tick() -> int:
         return dispatch(fanout)
 
-    app.task(cron_tick, name=TASK_NAME, lazy=False, ignore_result=True, serializer="json")
+    # shared=False: a shared task would be added to every Celery app created later in the
+    # process, which would then skip this install and dispatch this app's functions.
+    app.task(cron_tick, name=TASK_NAME, lazy=False, shared=False, ignore_result=True,
+             serializer="json")
     interval = float(app.conf.get("fanout_cron_interval", DEFAULT_INTERVAL))
     # add_periodic_task defers to after configuration when the app is not configured
     # yet, so entries from a config module are merged, not overwritten.

@@ -135,3 +135,21 @@ def test_schedules_lists_each_cron_with_its_next_fire_times(fanout):
     assert entry["cron"] == "0 12 * * 5"
     assert len(entry["next"]) == 2
     assert all(when.weekday() == 4 and when.hour == 12 for when in entry["next"])
+
+
+def test_each_celery_app_in_a_process_gets_its_own_cron_task_and_beat_entry():
+    from celery import Celery
+
+    from fanout_celery import Fanout
+
+    first, second = (Celery(name, set_as_current=False) for name in ("first", "second"))
+    one = Fanout(first)
+    one.function("first-cron", cron="0 8 * * *")(lambda ctx: None)
+    two = Fanout(second)  # as a Django project's app, created after another one
+    two.function("second-cron", cron="0 9 * * *")(lambda ctx: None)
+
+    assert "fanout.cron" in second.conf.beat_schedule
+    # The second app's tick dispatches its own functions, not the first app's.
+    assert second.tasks["fanout.cron"] is not first.tasks["fanout.cron"]
+    first.close()
+    second.close()
