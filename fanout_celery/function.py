@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
-from celery.exceptions import Ignore
 from celery.worker.request import Request
 
 from .errors import ConfigurationError, RunFailedError
@@ -27,6 +26,8 @@ logger = logging.getLogger("fanout.function")
 # The Celery task event sent when a run parks, by the status it parks in.
 PARKED_EVENTS = {"queued": "task-retrying", "sleeping": "task-sleeping",
                  "waiting": "task-waiting", "throttled": "task-throttled"}
+# The same, keyed by the task's result as the worker reports it (its repr).
+PARKED_RESULTS = {**{repr(k): v for k, v in PARKED_EVENTS.items()}, **PARKED_EVENTS}
 
 FUNCTION_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,127}\Z")
 
@@ -71,11 +72,26 @@ JSON = "application/json"
 
 
 class FunctionRequest(Request):  # type: ignore[misc]
-    """Worker-side request of a function task: refuses messages that are not JSON.
+    """Worker-side request of a function task.
 
-    A run's message carries only its run id, always as JSON; any other content type
-    (pickle, yaml) was not sent by this library and is dropped unexecuted, as if revoked.
+    It refuses messages that are not JSON: a run's message carries only its run id, always
+    as JSON; any other content type (pickle, yaml) was not sent by this library and is
+    dropped unexecuted, as if revoked.
+
+    And it tells monitors what a parked run is doing: the task of a run that parked
+    returns its status, and the worker's ``task-succeeded`` event for it is sent as
+    ``task-sleeping`` / ``task-waiting`` / ``task-retrying`` / ``task-throttled`` instead
+    (Flower shows that state). Rewriting the event here costs nothing; ending the task
+    with an exception would cost a formatted traceback per park.
     """
+
+    def send_event(self, type: str, **fields: Any) -> None:  # noqa: A002 - Celery's name
+        if type == "task-succeeded":
+            parked = PARKED_RESULTS.get(str(fields.get("result", "")))
+            if parked is not None and self.task.fanout.settings.task_events:
+                type = parked
+                fields.pop("result", None)
+        super().send_event(type, **fields)
 
     def revoked(self) -> bool:
         if self.content_type != JSON:
@@ -110,19 +126,9 @@ class Function(Task):  # type: ignore[misc]
     def report(self, run_id: str, status: str) -> str:
         """End the Celery task so monitors show the run's state, not a plain SUCCESS.
 
-        A parked run sends a custom task event (``task-sleeping``, ``task-waiting``,
-        ``task-retrying``, which Flower shows as that state) and ends with ``Ignore``,
-        which sends no success event; a failed run ends the task as FAILURE.
+        A parked run's task returns its status, which ``FunctionRequest`` turns into a
+        custom task event; a failed run ends the task as FAILURE.
         """
-        event = PARKED_EVENTS.get(status)
-        if event is not None:
-            if self.fanout.settings.task_events:
-                try:
-                    self.send_event(event, run_id=run_id, function=self.function_id)
-                except Exception:  # monitoring must never fail a run
-                    logger.warning("could not send %s for run %s", event, run_id,
-                                   exc_info=True)
-            raise Ignore()
         if status == "failed":
             raise RunFailedError(f"run {run_id} of {self.function_id!r} failed")
         return status
