@@ -122,13 +122,30 @@ def gate(fanout: Fanout, function: FunctionDef, run_id: str) -> tuple[str, list[
     return kind, slots
 
 
+def _free(fanout: Fanout, run_id: str, slots: list[SlotSet]) -> list[str]:
+    """Free ``run_id``'s slots ('' frees none) and return the runs woken into them, each
+    with a slot reserved. A woken run that ended while it waited (cancelled) passes its
+    reserved slot straight on, rather than holding it until the reservation expires."""
+    s = fanout.settings
+    now = now_ms()
+    deadline = now + int(s.redispatch_seconds * 1000)
+    reserve = now + int(s.lease_seconds * 1000)
+    freed, woken = [run_id], []
+    while freed:
+        popped = [w for rid in freed
+                  for w in fanout.flow_store.release(rid, slots, now, deadline, reserve)]
+        infos = fanout.store.dispatch_info(popped) if popped else []
+        freed = [rid for rid, info in zip(popped, infos, strict=True)
+                 if info is None or info[2] in FINAL]
+        woken += [rid for rid in popped if rid not in freed]
+    return woken
+
+
 def release(fanout: Fanout, run_id: str, slots: list[SlotSet]) -> None:
     """A run stopped executing: free its slots and start the runs waiting for them."""
     if not slots:
         return
-    now = now_ms()
-    woken = fanout.flow_store.release(run_id, slots, now,
-                                      now + int(fanout.settings.redispatch_seconds * 1000))
+    woken = _free(fanout, run_id, slots)
     if woken:
         fanout.enqueue(woken)
 
@@ -139,11 +156,9 @@ def reconcile(fanout: Fanout) -> int:
     waiting = fanout.flow_store.waiting_queues()
     if not waiting:
         return 0
-    now = now_ms()
     woken: list[str] = []
     for slot_set in waiting:
-        woken += fanout.flow_store.release("", [slot_set], now,
-                                           now + int(fanout.settings.redispatch_seconds * 1000))
+        woken += _free(fanout, "", [slot_set])
     if woken:
         fanout.enqueue(woken)
     return len(woken)

@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import admission
@@ -207,22 +208,32 @@ class Execution:
         self.ctx = ctx
         if not self.mw:
             return self._execute(ctx)
-        ctx.events = [Event(**self.mw.transform_input(ctx, None, e.model_dump(
-            exclude_none=True))) for e in ctx.events]
-        ctx.event = ctx.events[0]
-        self.mw.before_execution(ctx)
         status, error = "lease-lost", None
         try:
-            status = self._execute(ctx)
+            status = self._execute(ctx, self._enter)
             return status
         except BaseException as exc:
             error = exc
             raise
         finally:
-            self.mw.after_execution(ctx, status, error)
+            try:
+                self.mw.after_execution(ctx, status, error)
+            except Exception:  # the attempt's outcome is committed; this cannot change it
+                self.log.exception("run %s: middleware after_execution failed", self.run_id)
 
-    def _execute(self, ctx: Context) -> str:
+    def _enter(self, ctx: Context) -> None:
+        # Called inside the handler's try: an error here (a DecryptionError, a failing
+        # before_execution) is retried or fails the run like the handler's own errors,
+        # instead of escaping the task and leaving the run to its lease.
+        ctx.events = [Event(**self.mw.transform_input(ctx, None, e.model_dump(
+            exclude_none=True))) for e in ctx.events]
+        ctx.event = ctx.events[0]
+        self.mw.before_execution(ctx)
+
+    def _execute(self, ctx: Context, enter: Callable[[Context], None] | None = None) -> str:
         try:
+            if enter is not None:
+                enter(ctx)
             output = self._call_handler(ctx)
         except BranchDone as done:
             output = done.result
@@ -256,14 +267,20 @@ class Execution:
             return "queued"
         try:
             encoded = dumps(output)
-            if self.mw:
-                encoded = dumps(self.mw.transform_output(ctx, None, json.loads(encoded)))
         except (TypeError, ValueError) as exc:
             return self._fail(InvalidStepError(
                 f"function {self.function.function_id!r} returned a value that is not JSON: "
                 f"{exc}"))
-        self._announce(FUNCTION_FINISHED, {"output": output},
-                       {"status": "completed", "output": output})
+        if self.mw:
+            try:
+                encoded = dumps(self.mw.transform_output(ctx, None, json.loads(encoded)))
+            except Exception as exc:  # raised on every replay too: fail, do not loop
+                return self._fail(exc)
+        # The parent of an invoke or a parallel branch and the finished event get the
+        # output as stored: what middleware made of it (ciphertext, with encryption).
+        stored = json.loads(encoded)
+        self._announce(FUNCTION_FINISHED, {"output": stored},
+                       {"status": "completed", "output": stored})
         self.finish("completed", output=encoded, error="")
         return "completed"
 

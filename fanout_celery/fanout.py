@@ -109,9 +109,11 @@ class Fanout:
         self.router = Router(lambda: self.store.load_subscriptions())
         self.leases = LeaseKeeper(self)
         self._published = False
+        from .reconnect import GuardReconnectStep
         from .timers import PumpStep
 
         app.steps["worker"].add(PumpStep)
+        app.steps["consumer"].add(GuardReconnectStep)
         _INSTANCES[app] = self
 
     def __repr__(self) -> str:
@@ -276,7 +278,11 @@ class Fanout:
     # -- sending -------------------------------------------------------------------
     def send(self, events: Any) -> list[str]:
         """Publish one event or a list of them; every subscribed function gets one run
-        per event. Returns the event ids. A batch with one bad event sends none."""
+        per event. Returns the event ids. A batch with one bad event sends none.
+
+        While Redis or the broker is unreachable this raises their connection error
+        (``redis.ConnectionError``, ``kombu.exceptions.OperationalError``); sending the
+        same events again is safe when they carry their own ids (an id starts one run)."""
         records = prepare_batch(events, max_bytes=self.settings.max_event_bytes)
         if self.event_types:
             self._check_types(records)
@@ -363,7 +369,8 @@ class Fanout:
                 int(s.wait_lookback * 1000))
             fresh = [run for run, made in zip(runs, created, strict=True) if made]
             self.publish_runs(fresh)
-            self.store.confirm_dispatched([run.run_id for run in fresh])
+            self.store.confirm_dispatched([run.run_id for run in fresh],
+                                          now_ms() + int(s.redispatch_seconds * 1000))
             control.after_create(self, chunk, waiters, fresh, subs_by_id)
             count += len(fresh)
         return count
@@ -437,6 +444,8 @@ class Fanout:
             raise InvalidEventError(f"invoke data must be a dict, not {type(data).__name__}")
         record = prepare({"name": FUNCTION_INVOKED, "data": data or {}, "id": new_id()},
                          max_bytes=self.settings.max_event_bytes, allow_system=True)
+        if self.middleware:
+            record = self._transform_sent(None, [record])[0]
         self._dispatch([record], parent=None, only=sub)
         return derived_id(fid, record["id"])
 

@@ -109,5 +109,5 @@ def rerun(fanout: Fanout, run_id: str, from_step: str | None = None) -> str:
     store.create_rerun(new_id, run.function_id, fields, keep, run.event_ids,
                        int(fanout.settings.retention * 1000), now)
     fanout.publish_run(new_id, sub.task, sub.queue, run.events[0]["name"] if run.events else "")
-    store.confirm_dispatched([new_id])
+    store.confirm_dispatched([new_id], now_ms() + int(fanout.settings.redispatch_seconds * 1000))
     return new_id

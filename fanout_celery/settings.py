@@ -23,8 +23,9 @@ DEFAULTS: dict[str, Any] = {
     "lease_seconds": 30,
     # How often the timer pump in each worker looks for due timers and expired leases.
     "pump_interval": 0.2,
-    # A timer claimed by a pump whose message never started a task is claimed again
-    # after this long; it only matters when a pump or broker loses a message.
+    # A run whose message was published (a new run, or one a pump woke) but never
+    # started a task is published again after this long; it only matters when a pump or
+    # broker loses a message.
     "redispatch_seconds": 300,
     # How far back a newly registered wait_for_event looks for events it may have just
     # missed (sent after the previous step, before the wait was registered).

@@ -39,6 +39,11 @@ for i = 1, n do
      redis.call('ZCARD', slots) >= tonumber(ARGV[6 + i]) then
     redis.call('ZADD', queue, 'NX', ARGV[6], ARGV[1])
     redis.call('HSET', KEYS[4], queue, slots .. '|' .. ARGV[6 + i])
+    -- A slot reserved for this run in another limit (by RELEASE) is given back; the
+    -- pump's reconcile starts whoever waits for it.
+    for j = 1, n do
+      if j ~= i then redis.call('ZREM', KEYS[3 + 2 * j], ARGV[1]) end
+    end
     return {'wait'}
   end
 end
@@ -59,23 +64,29 @@ for i = 1, n do redis.call('ZREM', KEYS[4 + 2 * i], ARGV[1]) end
 return {'ok'}
 """
 
-# Free a run's slots (run_id '' frees none: a reconcile pass) and move as many waiting runs
-# as there is room for onto the timers, due now; returns their ids.
+# Free a run's slots (run_id '' frees none: a reconcile pass) and wake as many waiting runs
+# as there is room for; returns their ids, which the caller enqueues. Each woken run gets
+# its slot reserved until ARGV[4] (its gate then takes it): without the reservation, a
+# second release or a reconcile before the woken run's gate would see the slot free and
+# wake another run too, out of priority order. Its timer is due at the redispatch deadline,
+# in case the caller dies before enqueueing it.
 # KEYS: 1 timers, 2 registry, then (slots, queue) per limit
-# ARGV: 1 run_id, 2 now_ms, 3 redispatch deadline ms, then one limit per slots key
+# ARGV: 1 run_id, 2 now_ms, 3 redispatch deadline ms, 4 reservation expiry ms, then one
+#       limit per slots key
 RELEASE = """
 local now = tonumber(ARGV[2])
 local out = {}
-local n = #ARGV - 3
+local n = #ARGV - 4
 for i = 1, n do
   local slots, queue = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
   if ARGV[1] ~= '' then redis.call('ZREM', slots, ARGV[1]) end
   redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
-  local room = tonumber(ARGV[3 + i]) - redis.call('ZCARD', slots)
+  local room = tonumber(ARGV[4 + i]) - redis.call('ZCARD', slots)
   if room > 0 then
     local popped = redis.call('ZPOPMIN', queue, room)
     for j = 1, #popped, 2 do
-      redis.call('ZADD', KEYS[1], ARGV[2], popped[j])
+      redis.call('ZADD', slots, ARGV[4], popped[j])
+      redis.call('ZADD', KEYS[1], ARGV[3], popped[j])
       out[#out + 1] = popped[j]
     end
   end
@@ -232,13 +243,14 @@ class FlowStore:
         return str(raw[0]), int(raw[1]) if len(raw) > 1 else 0
 
     def release(self, run_id: str, slots: Sequence[SlotSet], now_ms: int,
-                deadline_ms: int) -> list[str]:
+                deadline_ms: int, reserve_until_ms: int) -> list[str]:
         if not slots:
             return []
         keys = [self.keys.timers, self.registry]
         for s in slots:
             keys += [s.slots, s.queue]
         return list(self._release(keys=keys, args=[run_id, now_ms, deadline_ms,
+                                                   reserve_until_ms,
                                                    *[s.limit for s in slots]]))
 
     def waiting_queues(self) -> list[SlotSet]:

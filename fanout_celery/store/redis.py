@@ -60,6 +60,7 @@ class RedisStore:
         self.keys = Keys(prefix)
         self.client: redis.Redis[str] = client if client is not None else connect(url)
         self._create_batch = self.client.register_script(scripts.CREATE_BATCH)
+        self._create_skipped = self.client.register_script(scripts.CREATE_SKIPPED)
         self._start = self.client.register_script(scripts.START)
         self._commit = self.client.register_script(scripts.COMMIT)
         self._renew = self.client.register_script(scripts.RENEW)
@@ -120,20 +121,17 @@ class RedisStore:
         return created, waiters
 
     def create_skipped(self, runs: Sequence[NewRun], now_ms: int, retention_ms: int) -> None:
-        """Record runs that flow control skipped: visible in history, never executed."""
+        """Record runs that flow control skipped: visible in history, never executed.
+        A run that exists (its event was sent before) is left as it is."""
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
         for run in runs:
-            pipe.hsetnx(k.run(run.run_id), "status", "skipped")
-            mapping: dict[str | bytes, str] = {
-                "created_at": str(now_ms), "ended_at": str(now_ms), "attempt": "0",
-                "meta": pack_meta(run.fields), "events": run.fields["events"],
-                "error": json.dumps({"type": "Skipped", "message": run.fields.get("skipped", "")}),
-            }
-            pipe.hset(k.run(run.run_id), mapping=mapping)
-            pipe.pexpire(k.run(run.run_id), retention_ms)
-            pipe.zadd(k.function_runs(run.function_id), {run.run_id: now_ms})
-            pipe.sadd(k.event_runs(run.event_ids[0]), run.run_id)
+            error = json.dumps({"type": "Skipped", "message": run.fields.get("skipped", "")})
+            self._create_skipped(
+                keys=[k.run(run.run_id), k.function_runs(run.function_id),
+                      k.event_runs(run.event_ids[0])],
+                args=[run.run_id, now_ms, retention_ms, pack_meta(run.fields),
+                      run.fields["events"], error], client=pipe)
         pipe.execute()
 
     def create_rerun(self, run_id: str, function_id: str, fields: dict[str, str],
@@ -156,10 +154,13 @@ class RedisStore:
             pipe.pexpire(k.event_runs(eid), retention_ms)
         pipe.execute()
 
-    def confirm_dispatched(self, run_ids: Sequence[str]) -> None:
-        """The runs' messages are on the broker: the sender no longer needs cover."""
+    def confirm_dispatched(self, run_ids: Sequence[str], redispatch_at_ms: int) -> None:
+        """The runs' messages are on the broker. Each run stays covered until it starts
+        (START drops it): if the broker loses its message, the pump publishes it again
+        at ``redispatch_at_ms``, as it does for a claimed timer."""
         if run_ids:
-            self.client.zrem(self.keys.dispatch, *run_ids)
+            self.client.zadd(self.keys.dispatch, dict.fromkeys(run_ids, redispatch_at_ms),
+                             xx=True)
 
     # -- executing a run -----------------------------------------------------------
     def start(self, run_id: str, token: str, now_ms: int, lease_exp_ms: int) -> StartResult:

@@ -44,6 +44,22 @@ end
 return out
 """
 
+# Record a run that flow control skipped (rate limit, singleton, idempotency), unless the
+# run exists: a re-sent event whose run was created before must leave that run as it is.
+# KEYS: 1 run, 2 function_runs, 3 event_runs
+# ARGV: 1 run_id, 2 now_ms, 3 retention_ms, 4 meta json, 5 events json, 6 error json
+# Returns 1 when recorded, 0 when the run already existed.
+CREATE_SKIPPED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'skipped', 'created_at', ARGV[2], 'ended_at', ARGV[2],
+           'attempt', '0', 'meta', ARGV[4], 'events', ARGV[5], 'error', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return 1
+"""
+
 # Take the lease on a run and load its whole state in one round trip.
 # KEYS: 1 run, 2 steps, 3 leases, 4 timers, 5 dispatch
 # ARGV: 1 run_id, 2 token, 3 now_ms, 4 lease_expires_ms
@@ -247,7 +263,8 @@ return 1
 CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
-if status == 'completed' or status == 'failed' or status == 'cancelled' then return 'final' end
+if status == 'completed' or status == 'failed' or status == 'cancelled'
+   or status == 'skipped' then return 'final' end
 local lease = redis.call('HGET', KEYS[1], 'lease')
 local lease_exp = tonumber(redis.call('HGET', KEYS[1], 'lease_exp') or '0')
 if lease and lease ~= '' and lease_exp > tonumber(ARGV[2]) then
