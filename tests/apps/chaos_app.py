@@ -19,13 +19,9 @@ import time
 import uuid
 from typing import Any
 
-import redis
-from celery import Celery
-from celery.signals import worker_ready
+from fanout_celery import RetryPolicy
 
-from fanout_celery import Fanout, RetryPolicy
-
-URL = os.environ["FANOUT_TEST_REDIS_URL"]
+from .base import worker_app
 
 PARENT_EVENT = "chaos/parent"
 CHILD_EVENT = "chaos/child"
@@ -40,33 +36,23 @@ STEP_SECONDS = 0.04
 # here) then puts it back on the queue. Runs tolerate the duplicates this causes.
 VISIBILITY_TIMEOUT = 8
 
-app = Celery("chaos_app", broker=URL, set_as_current=False)
-app.conf.update(
-    result_backend=None,
-    task_default_queue="celery",
-    broker_connection_retry_on_startup=True,
+app, fanout, r = worker_app(
+    "chaos_app",
     broker_transport_options={
         "visibility_timeout": VISIBILITY_TIMEOUT,
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
     },
-    fanout_lease_seconds=2,
-    fanout_pump_interval=0.05,
     # A run whose message the broker lost before it started (a Redis restart between the
     # worker's BRPOP and its "unacked" bookkeeping) is published again after this long.
     fanout_redispatch_seconds=10,
 )
-fanout = Fanout(app)
-r = redis.Redis.from_url(URL, decode_responses=True)
 RETRIES = RetryPolicy(max_retries=8, backoff=0.05, backoff_max=1.0, jitter=0)
 
 
 def exec_key(run_id: str, step: str) -> str:
     return f"chaos:exec:{run_id}:{step}"
 
-
-def ready_key(token: str) -> str:
-    return f"crash:ready:{token}"
 
 
 def body(run_id: str, step: str) -> str:
@@ -104,9 +90,3 @@ def slow_body(seconds: float) -> int:
 @fanout.function("chaos-slow", event=SLOW_EVENT, retries=RETRIES)
 def slow(ctx: Any) -> int:
     return int(ctx.step.run("sleep", slow_body, ctx.event.data["seconds"]))
-
-
-@worker_ready.connect
-def _announce_ready(sender: Any = None, **kwargs: Any) -> None:
-    fanout.publish_subscriptions()
-    r.set(ready_key(os.environ.get("FANOUT_TEST_WORKER_TOKEN", "")), os.getpid())

@@ -17,26 +17,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import redis
-from celery import Celery
-from celery.signals import worker_ready
+from fanout_celery import NonRetriableError, RetryPolicy
 
-from fanout_celery import Fanout, NonRetriableError, RetryPolicy
+from .base import worker_app
 
-URL = os.environ["FANOUT_TEST_REDIS_URL"]
-
-app = Celery("cli_app", broker=URL, set_as_current=False)
-app.conf.update(
-    result_backend=None,
-    task_default_queue="celery",
-    broker_connection_retry_on_startup=True,
+app, fanout, r = worker_app(
+    "cli_app",
     fanout_lease_seconds=3,
-    fanout_pump_interval=0.05,
     # FANOUT_TEST_TASK_EVENTS=0 turns the custom task events of parked runs off.
     fanout_task_events=os.environ.get("FANOUT_TEST_TASK_EVENTS", "1") == "1",
 )
-fanout = Fanout(app)
-r = redis.Redis.from_url(URL, decode_responses=True)
 
 HELLO = "test/cli.hello"
 SLEEP = "test/cli.sleep"
@@ -47,9 +37,6 @@ QUEUED = "test/cli.queued"
 # Long enough that a sleeping run stays parked for the whole test.
 NAP_SECONDS = 600
 
-
-def ready_key(token: str) -> str:
-    return f"crash:ready:{token}"  # the key tests/procs.py waits for
 
 
 @fanout.function("cli-hello", event=HELLO, retries=0)
@@ -97,10 +84,3 @@ def flaky(ctx: Any) -> str:
 @fanout.function("cli-queued", event=QUEUED, queue="cli-nobody", retries=0)
 def queued(ctx: Any) -> None:
     """On a queue no worker consumes: its runs stay queued."""
-
-
-@worker_ready.connect
-def _announce_ready(sender: Any = None, **kwargs: Any) -> None:
-    # Subscriptions first: the test process declares no functions and routes through them.
-    fanout.publish_subscriptions()
-    r.set(ready_key(os.environ.get("FANOUT_TEST_WORKER_TOKEN", "")), os.getpid())

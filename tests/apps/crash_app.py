@@ -14,27 +14,14 @@ import os
 import time
 from typing import Any
 
-import redis
-from celery import Celery
-from celery.signals import worker_ready
+from .base import worker_app
 
-from fanout_celery import Fanout
-
-URL = os.environ["FANOUT_TEST_REDIS_URL"]
-
-app = Celery("crash_app", broker=URL, set_as_current=False)
-app.conf.update(
-    result_backend=None,
-    task_default_queue="celery",
-    broker_connection_retry_on_startup=True,
+app, fanout, r = worker_app(
+    "crash_app",
     # Stated explicitly: an unacked message of a killed worker comes back only after an
     # hour, so a run can only resume through its fanout lease expiring.
     broker_transport_options={"visibility_timeout": 3600},
-    fanout_lease_seconds=2,
-    fanout_pump_interval=0.05,
 )
-fanout = Fanout(app)
-r = redis.Redis.from_url(URL, decode_responses=True)
 
 STEPS = ("s1", "s2", "s3", "s4", "s5")
 BLOCKING_STEP = "s3"
@@ -47,9 +34,6 @@ def count_key(step: str) -> str:
 IN_S3 = "crash:in-s3"
 RELEASE = "crash:release"
 
-
-def ready_key(token: str) -> str:
-    return f"crash:ready:{token}"
 
 
 def _body(step: str) -> int:
@@ -68,11 +52,3 @@ def _body(step: str) -> int:
 def crash_steps(ctx: Any) -> dict[str, int]:
     """Five steps; each returns the pid of the process that executed its body."""
     return {step: ctx.step.run(step, _body, step) for step in STEPS}
-
-
-@worker_ready.connect
-def _announce_ready(sender: Any = None, **kwargs: Any) -> None:
-    # Publish the subscriptions first, so that a test process with no functions can
-    # invoke ours as soon as it sees the ready key.
-    fanout.publish_subscriptions()
-    r.set(ready_key(os.environ.get("FANOUT_TEST_WORKER_TOKEN", "")), os.getpid())

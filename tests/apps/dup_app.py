@@ -14,34 +14,22 @@ the test sets ``dup:release``.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
-import redis
-from celery import Celery
-from celery.signals import task_postrun, task_prerun, worker_ready
+from celery.signals import task_postrun, task_prerun
 
-from fanout_celery import Fanout
+from .base import worker_app
 
-URL = os.environ["FANOUT_TEST_REDIS_URL"]
-
-app = Celery("dup_app", broker=URL, set_as_current=False)
-app.conf.update(
-    result_backend=None,
-    task_default_queue="celery",
-    broker_connection_retry_on_startup=True,
+app, fanout, r = worker_app(
+    "dup_app",
     broker_transport_options={
         "visibility_timeout": 2,
         # kombu sweeps for expired messages every 10 s x 10 calls by default.
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
     },
-    fanout_lease_seconds=2,
-    fanout_pump_interval=0.05,
 )
-fanout = Fanout(app)
-r = redis.Redis.from_url(URL, decode_responses=True)
 
 DELIVERIES = "dup:deliveries"
 OUTCOMES = "dup:outcomes"
@@ -51,9 +39,6 @@ RELEASE = "dup:release"
 def count_key(step: str) -> str:
     return f"dup:count:{step}"
 
-
-def ready_key(token: str) -> str:
-    return f"crash:ready:{token}"
 
 
 def hold() -> str:
@@ -87,9 +72,3 @@ def _delivered(task_id: str = "", task: Any = None, **kwargs: Any) -> None:
 def _finished(task: Any = None, retval: Any = None, **kwargs: Any) -> None:
     if task is not None and task.name == "fanout.dup-hold":
         r.rpush(OUTCOMES, str(retval))
-
-
-@worker_ready.connect
-def _announce_ready(sender: Any = None, **kwargs: Any) -> None:
-    fanout.publish_subscriptions()
-    r.set(ready_key(os.environ.get("FANOUT_TEST_WORKER_TOKEN", "")), os.getpid())

@@ -21,39 +21,28 @@ import os
 import time
 from typing import Any
 
-import redis
-from celery import Celery
-from celery.signals import worker_ready
-
 from fanout_celery import (
     Batch,
     Concurrency,
     Context,
     Debounce,
-    Fanout,
     Priority,
     RateLimit,
     Singleton,
     Throttle,
 )
 
-URL = os.environ["FANOUT_TEST_REDIS_URL"]
+from .base import worker_app
+
 # Runs of the worker-kill test go to their own queue, consumed by that test's workers only.
 CRASH_QUEUE = "flow-crash"
 
-app = Celery("flow_app", broker=URL, set_as_current=False)
-app.conf.update(
-    result_backend=None,
-    task_default_queue="celery",
-    broker_connection_retry_on_startup=True,
+app, fanout, r = worker_app(
+    "flow_app",
     # An unacked message of a killed worker comes back only after an hour: a run (and the
     # concurrency slot it held) can only come back through its fanout lease expiring.
     broker_transport_options={"visibility_timeout": 3600},
-    fanout_lease_seconds=2,
-    fanout_pump_interval=0.05,
 )
-fanout = Fanout(app)
-r = redis.Redis.from_url(URL, decode_responses=True)
 
 
 def starts_key(tag: str) -> str:
@@ -63,9 +52,6 @@ def starts_key(tag: str) -> str:
 def log_key(tag: str) -> str:
     return f"flow:log:{tag}"
 
-
-def ready_key(token: str) -> str:
-    return f"crash:ready:{token}"  # the key tests/procs.py waits for
 
 
 def record(tag: str, label: str, hold: float = 0.0, block: str | None = None) -> float:
@@ -163,11 +149,3 @@ def singleton_cancel(ctx: Context) -> str:
 
 
 declare("flow-idem", "flow/idem", idempotency="event.data.cart_id")
-
-
-@worker_ready.connect
-def _announce_ready(sender: Any = None, **kwargs: Any) -> None:
-    # Subscriptions (with their flow control) first: the test process, which declares no
-    # functions, admits the runs of the events it sends from them.
-    fanout.publish_subscriptions()
-    r.set(ready_key(os.environ.get("FANOUT_TEST_WORKER_TOKEN", "")), os.getpid())

@@ -14,27 +14,14 @@ import os
 import time
 from typing import Any
 
-import redis
-from celery import Celery
-from celery.signals import worker_ready
+from .base import worker_app
 
-from fanout_celery import Fanout
-
-URL = os.environ["FANOUT_TEST_REDIS_URL"]
-
-app = Celery("parallel_app", broker=URL, set_as_current=False)
-app.conf.update(
-    result_backend=None,
-    task_default_queue="celery",
-    broker_connection_retry_on_startup=True,
+app, fanout, r = worker_app(
+    "parallel_app",
     # An unacked message of a killed worker comes back only after an hour, so the runs
     # can only resume through their fanout leases expiring.
     broker_transport_options={"visibility_timeout": 3600},
-    fanout_lease_seconds=2,
-    fanout_pump_interval=0.05,
 )
-fanout = Fanout(app)
-r = redis.Redis.from_url(URL, decode_responses=True)
 
 BRANCHES = 3
 RELEASE = "parallel:release"
@@ -47,9 +34,6 @@ def count_key(step: str) -> str:
 def in_branch_key(index: int) -> str:
     return f"parallel:in-branch:{index}"
 
-
-def ready_key(token: str) -> str:
-    return f"crash:ready:{token}"  # the key tests/procs.py waits for
 
 
 def _count(step: str) -> int:
@@ -76,11 +60,3 @@ def parallel_steps(ctx: Any) -> dict[str, Any]:
         (lambda i=i: ctx.step.run(f"branch{i}", _branch, i)) for i in range(BRANCHES)])
     after = ctx.step.run("after", _count, "after")
     return {"before": before, "branches": results, "after": after}
-
-
-@worker_ready.connect
-def _announce_ready(sender: Any = None, **kwargs: Any) -> None:
-    # Publish the subscriptions first, so that a test process with no functions can
-    # invoke ours as soon as it sees the ready key.
-    fanout.publish_subscriptions()
-    r.set(ready_key(os.environ.get("FANOUT_TEST_WORKER_TOKEN", "")), os.getpid())

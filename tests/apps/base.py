@@ -1,0 +1,49 @@
+"""What every test worker app shares: the Redis it is pointed at, the settings that make
+recovery quick, and the readiness signal ``tests/procs.py`` waits for.
+
+A worker subprocess runs ``celery -A tests.apps.<name>`` with ``FANOUT_TEST_REDIS_URL``
+(broker and fanout state) and ``FANOUT_TEST_WORKER_TOKEN`` in its environment; once the
+worker is ready it publishes its subscriptions (a test process that declares no functions
+routes through them) and then writes its pid under ``crash:ready:<token>``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.signals import worker_ready
+
+from fanout_celery import Fanout
+
+URL = os.environ["FANOUT_TEST_REDIS_URL"]
+
+
+def ready_key(token: str) -> str:
+    return f"crash:ready:{token}"
+
+
+def worker_app(name: str, **conf: Any) -> tuple[Celery, Fanout, redis.Redis[str]]:
+    """A Celery app on the test Redis, its Fanout, and a Redis client for the app's own
+    bookkeeping. ``conf`` is applied before the Fanout is created (a lease of 2 s and a
+    pump every 0.05 s unless given)."""
+    app = Celery(name, broker=URL, set_as_current=False)
+    app.conf.update({
+        "result_backend": None,
+        "task_default_queue": "celery",
+        "broker_connection_retry_on_startup": True,
+        "fanout_lease_seconds": 2,
+        "fanout_pump_interval": 0.05,
+        **conf,
+    })
+    fanout = Fanout(app)
+    client: redis.Redis[str] = redis.Redis.from_url(URL, decode_responses=True)
+
+    def announce_ready(sender: Any = None, **kwargs: Any) -> None:
+        fanout.publish_subscriptions()
+        client.set(ready_key(os.environ.get("FANOUT_TEST_WORKER_TOKEN", "")), os.getpid())
+
+    worker_ready.connect(announce_ready, weak=False)
+    return app, fanout, client
