@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidStepError, StepError, Suspend, TooManyStepsError
 from .events import derived_id, dumps, now_ms
+from .stepbase import StepBase
 
 if TYPE_CHECKING:
     from .execution import Execution
@@ -45,20 +46,8 @@ def branch_field(group: str, index: int) -> str:
     return f"{group}[{index}]"
 
 
-class ParallelSteps:
+class ParallelSteps(StepBase):
     """The ``parallel`` step of ``ctx.step`` (mixed into ``Step``)."""
-
-    _x: Execution
-    _used: set[str]
-
-    def _key(self, step_id: Any) -> str:
-        raise NotImplementedError
-
-    def _seq(self, record: dict[str, Any] | None) -> int:
-        raise NotImplementedError
-
-    def _encode(self, key: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        raise NotImplementedError
 
     def parallel(self, step_id: str, branches: Sequence[Callable[[], Any]]) -> list[Any]:
         """Run each branch (a callable, typically calling ``ctx.step.run``) concurrently on

@@ -15,9 +15,10 @@ from .errors import InvalidStepError, LeaseLostError, StepError, Suspend, Unknow
 from .events import FUNCTION_INVOKED, Event, derived_id, now_ms, resolve_path
 from .flow import check_path
 from .routing import check_pattern
+from .stepbase import StepBase
 
 if TYPE_CHECKING:
-    from .execution import Execution
+    pass
 
 # Events sent up to this long before a wait is registered still match it, so clocks a
 # little apart on the sender and the worker do not open a gap.
@@ -39,19 +40,8 @@ def event_matches(waiter: dict[str, Any], event: dict[str, Any]) -> bool:
     return path is None or resolve_path(event, path) == waiter.get("value")
 
 
-class WaitingSteps:
+class WaitingSteps(StepBase):
     """The parking steps of ``ctx.step`` (mixed into ``Step``)."""
-
-    _x: Execution
-
-    def _key(self, step_id: Any) -> str:
-        raise NotImplementedError
-
-    def _seq(self, record: dict[str, Any] | None) -> int:
-        raise NotImplementedError
-
-    def _encode(self, key: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        raise NotImplementedError
 
     def _memo(self, key: str, kinds: tuple[str, ...]) -> dict[str, Any] | None:
         record = self._x.memo.get(key)

@@ -206,6 +206,20 @@ redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
 return {1, redis.call('ZRANGEBYSCORE', KEYS[6], ARGV[8], '+inf')}
 """
 
+# The end of RESOLVE and JOIN: a parked run (status waiting or sleeping) becomes queued and
+# due now (its timer at the re-dispatch deadline covers a lost publish); returns the run's
+# meta so the caller can publish it at once. Expects `status` and `deadline` locals, KEYS[1]
+# the run and KEYS[3] the timers.
+WAKE_PARKED = """
+if status == 'waiting' or status == 'sleeping' then
+  redis.call('HSET', KEYS[1], 'status', 'queued')
+  redis.call('HDEL', KEYS[1], 'wake_at')
+  redis.call('ZADD', KEYS[3], deadline, ARGV[1])
+  return {redis.call('HGET', KEYS[1], 'meta') or '{}'}
+end
+return 1
+"""
+
 # Resolve a waiting step from outside its run (a matching event, a finished child run):
 # write its record if it is still in the expected status, and wake the run if parked.
 # KEYS: 1 run, 2 steps, 3 timers, 4 waits hash (or any key)
@@ -222,14 +236,8 @@ if not status or status == 'completed' or status == 'failed' or status == 'cance
   return 0
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
-if status == 'waiting' or status == 'sleeping' then
-  redis.call('HSET', KEYS[1], 'status', 'queued')
-  redis.call('HDEL', KEYS[1], 'wake_at')
-  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
-  return {redis.call('HGET', KEYS[1], 'meta') or '{}'}
-end
-return 1
-"""
+local deadline = ARGV[6]
+""" + WAKE_PARKED
 
 # Record one branch result of a parallel group in the parent; when every branch has a
 # result, mark the group joined and wake the parent if it is parked.
@@ -246,14 +254,9 @@ end
 local group = redis.call('HGET', KEYS[2], ARGV[2])
 if not group or cjson.decode(group)['status'] ~= 'parallel' then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[6])
-if redis.call('HGET', KEYS[1], 'status') == 'waiting' then
-  redis.call('HSET', KEYS[1], 'status', 'queued')
-  redis.call('HDEL', KEYS[1], 'wake_at')
-  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
-  return {redis.call('HGET', KEYS[1], 'meta') or '{}'}
-end
-return 1
-"""
+local status = redis.call('HGET', KEYS[1], 'status')
+local deadline = ARGV[7]
+""" + WAKE_PARKED
 
 # Cancel a run: at once when it is queued or parked, or by flag when it is executing (the
 # execution stops at its next step boundary).
