@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -16,33 +15,19 @@ from celery import Celery
 # Celery's own threaded worker fixture.
 from celery.contrib.pytest import celery_worker  # noqa: F401
 from celery.contrib.testing.worker import start_worker
-from support import configure_app, in_ci
+from support import configure_app
 
 from fanout_celery import Fanout
-from fanout_celery.embedded import EmbeddedRedis, find_redis_server
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[str]:
-    """The URL of a real Redis: FANOUT_TEST_REDIS_URL, else an embedded redis-server.
+def redis_server(fanout_redis_server: str) -> str:
+    """The URL of a real Redis: FANOUT_TEST_REDIS_URL, else an embedded redis-server,
+    from the package's own pytest plugin (``fanout_redis_server``).
 
     Without a redis-server the Redis tests skip locally and fail when CI=true.
     """
-    url = os.environ.get("FANOUT_TEST_REDIS_URL")
-    if url:
-        yield url
-        return
-    try:
-        find_redis_server()
-    except RuntimeError as exc:
-        if in_ci():
-            pytest.fail(f"CI=true but no redis-server is available: {exc}")
-        pytest.skip(f"no redis-server available: {exc}")
-    server = EmbeddedRedis().start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    return fanout_redis_server
 
 
 @pytest.fixture

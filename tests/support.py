@@ -3,13 +3,7 @@ a ``conftest`` module cannot be imported reliably once subfolders have their own
 
 from __future__ import annotations
 
-import os
-
 from celery import Celery
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
 def configure_app(app: Celery, url: str) -> None:
