@@ -3,6 +3,10 @@ a ``conftest`` module cannot be imported reliably once subfolders have their own
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 from celery import Celery
 
 
@@ -17,3 +21,20 @@ def configure_app(app: Celery, url: str) -> None:
         worker_hijack_root_logger=False,
         task_default_queue="celery",
     )
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll ``condition`` until it returns a truthy value; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"condition not met within {timeout}s"
+        time.sleep(0.02)
+
+
+def only_run(fanout: Any, event_id: str, timeout: float = 20.0) -> Any:
+    """The one run ``event_id`` started, once it exists."""
+    [run] = wait_until(lambda: fanout.runs_for_event(event_id), timeout)
+    return run

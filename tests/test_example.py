@@ -7,10 +7,9 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from support import wait_until
 
 from fanout_celery.tree import RunNode, build_tree
 
@@ -19,16 +18,6 @@ USERS = 12
 INVALID_USER = 7  # the seeded user whose address is "not-an-email"
 FLAKY_USERS = [3, 6, 9, 12]  # the mail relay drops their first attempt
 
-
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.05)
 
 
 def pid_alive(pid: int) -> bool:

@@ -6,24 +6,12 @@ Every test runs against a real Redis and a real in-process Celery worker.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
+from support import wait_until
 
 from fanout_celery import Event, RetryPolicy
 
 FAST = RetryPolicy(max_retries=2, backoff=0.05, jitter=0)
 
-
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll ``condition`` until it returns a truthy value; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"condition not met within {timeout}s"
-        time.sleep(0.02)
 
 
 def test_one_event_starts_a_run_of_every_subscribed_function(app, fanout, worker):

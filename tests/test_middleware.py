@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
+import support
 
 from fanout_celery import (
     ConfigurationError,
@@ -38,22 +38,12 @@ from fanout_celery import (
 
 pytestmark = pytest.mark.integration
 
+wait_until = partial(support.wait_until, timeout=15.0)
+only_run = partial(support.only_run, timeout=15.0)
+
 FAST = RetryPolicy(max_retries=2, backoff=0.05, jitter=0)
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"condition not met within {timeout}s"
-        time.sleep(0.02)
-
-
-def only_run(fanout: Fanout, event_id: str):
-    [run] = wait_until(lambda: fanout.runs_for_event(event_id))
-    return run
 
 
 class Recorder(Middleware):

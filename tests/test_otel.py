@@ -9,11 +9,12 @@ in-process Celery worker against a real redis-server.
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
+import support
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -24,22 +25,12 @@ from fanout_celery.otel import OpenTelemetryMiddleware
 
 pytestmark = pytest.mark.integration
 
+wait_until = partial(support.wait_until, timeout=15.0)
+only_run = partial(support.only_run, timeout=15.0)
+
 FAST = RetryPolicy(max_retries=2, backoff=0.05, jitter=0)
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"condition not met within {timeout}s"
-        time.sleep(0.02)
-
-
-def only_run(fanout: Fanout, event_id: str):
-    [run] = wait_until(lambda: fanout.runs_for_event(event_id))
-    return run
 
 
 @pytest.fixture

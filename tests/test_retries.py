@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from typing import Any
+
+from support import wait_until
 
 from fanout_celery import Event, NonRetriableError, RetryAfterError, RetryPolicy, StepError
 
@@ -17,16 +17,6 @@ from fanout_celery import Event, NonRetriableError, RetryAfterError, RetryPolicy
 # them, so an attempt may start up to a millisecond "early" by a float clock.
 CLOCK_SLACK = 0.002
 
-
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll ``condition`` until it returns a truthy value; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"condition not met within {timeout}s"
-        time.sleep(0.02)
 
 
 def test_a_step_failing_twice_then_succeeding_is_retried_with_back_off(app, fanout, worker):
