@@ -27,10 +27,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fanout_celery import RunTimeoutError
+from fanout_celery import Run, RunNode, RunTimeoutError
 from fanout_celery.embedded import redis_url_or_embedded
-from fanout_celery.runs import Run
-from fanout_celery.tree import RunNode, build_tree, format_tree
 
 from . import mailer, users
 
@@ -145,7 +143,7 @@ def wait_for_tree(fanout: Fanout, run_id: str, deadline: float) -> RunNode:
     expected = (parent.output or {}).get("count", 0) if parent.status == "completed" else 0
 
     def settled() -> RunNode | None:
-        node = build_tree(fanout, run_id)
+        node = fanout.run_tree(run_id)
         if node is None:
             return None
         runs = node.walk()
@@ -228,10 +226,10 @@ def collect(fanout: Fanout, tree: RunNode, deadline: float) -> Outcome:
 
 def print_report(tree: RunNode, out: Outcome) -> None:
     print("\nRun tree")
-    print(format_tree(tree))
+    print(tree.format())
     for run in out.handler_runs:
         print(f"\non_failure handler (started by {(run.parent_run_id or '?')[:12]})")
-        print(format_tree(RunNode(run)))
+        print(RunNode(run).format())
 
     once = max(out.sent.values(), default=1) == 1
     print("\nSummary")
@@ -323,8 +321,8 @@ def demo(timeout: float, stack: ExitStack) -> int:
     try:
         tree = wait_for_tree(fanout, run_id, deadline)
     except Exception as exc:
-        node = build_tree(fanout, run_id)
-        partial = f"\nRun tree so far:\n{format_tree(node)}" if node else ""
+        node = fanout.run_tree(run_id)
+        partial = f"\nRun tree so far:\n{node.format()}" if node else ""
         raise DemoError(f"{exc}{partial}\nworker log ({worker.log_path}):\n"
                         f"{log_tail(worker.log_path)}") from None
     print(f"Every run is final after {time.monotonic() - started:.1f}s")

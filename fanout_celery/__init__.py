@@ -18,16 +18,25 @@ from .errors import (
     TooManyStepsError,
     UnknownFunctionError,
 )
-from .events import Event
 from .fanout import Fanout
-from .flow import CancelOn, Timeouts
-from .flowcontrol import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
-from .function import Function
-from .middleware import Middleware
-from .retry import RetryPolicy
-from .runs import Run, StepRecord
-from .step import Context, Step
-from .typed import EventType
+from .integration.task import Function
+from .model.events import Event
+from .model.flowcontrol import (
+    Batch,
+    Concurrency,
+    Debounce,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+)
+from .model.middleware import Middleware
+from .model.options import CancelOn, Timeouts
+from .model.retry import RetryPolicy
+from .model.runs import Run, RunNode, StepRecord
+from .model.typed import EventType
+from .runtime.context import Context
+from .runtime.step import Step
 
 __version__ = "0.1.0"
 
@@ -55,6 +64,7 @@ __all__ = [
     "RetryAfterError",
     "RetryPolicy",
     "Run",
+    "RunNode",
     "RunFailedError",
     "RunTimeoutError",
     "Singleton",

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ConfigurationError
-from .middleware import Middleware
+from .model.middleware import Middleware
 
 MARK = "__fanout_encrypted__"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from .middleware import Middleware
+from .model.middleware import Middleware
 
 
 class OpenTelemetryMiddleware(Middleware):

@@ -40,9 +40,12 @@ TEST_REDIS_ENV = "FANOUT_TEST_REDIS_URL"
 def configure_test_app(app: Celery, redis_url: str) -> None:
     """Point ``app``'s broker and fanout state at ``redis_url``, with a fast timer pump.
 
-    Call it before the app (or its ``Fanout``) is first used: both read their settings
-    once.
+    Safe whenever it is called: a ``Fanout`` already bound to ``app`` (one that served
+    unit tests, say) reads the new settings at its next use, so nothing reaches the
+    Redis named in the app's own configuration.
     """
+    from .fanout import fanout_for
+
     app.conf.update(
         broker_url=redis_url,
         fanout_redis_url=redis_url,
@@ -51,6 +54,9 @@ def configure_test_app(app: Celery, redis_url: str) -> None:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    fanout = fanout_for(app)
+    if fanout is not None:
+        fanout.reload_settings()
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +67,7 @@ def fanout_redis_server() -> Iterator[str]:
     if url:
         yield url
         return
-    from .embedded import EmbeddedRedis, find_redis_server
+    from .devtools.embedded import EmbeddedRedis, find_redis_server
 
     try:
         find_redis_server()
@@ -79,13 +85,9 @@ def fanout_redis_server() -> Iterator[str]:
 @pytest.fixture
 def fanout_redis(fanout_redis_server: str) -> str:
     """The session's Redis URL, its database emptied (FLUSHDB) before the test."""
-    import redis
+    from .store.redis import flush_database
 
-    client = redis.Redis.from_url(fanout_redis_server)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
+    flush_database(fanout_redis_server)
     return fanout_redis_server
 
 

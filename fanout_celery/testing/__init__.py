@@ -11,9 +11,11 @@ The handler gets the real ``ctx.step`` and each attempt goes through the real at
 logic (``Execution.execute``): step ids get the same ``:N`` counters, outputs the same
 JSON round trip, errors the same types, retries the same policy, and the run is replayed
 from the top after every suspension, as on a worker. Only what would leave the process is
-replaced: the run's state is a dict, events sent are captured, no time passes (sleeps and
-retry back-offs end at once), ``wait_for_event`` and ``invoke`` steps take their outcome
-from stubs, and ``parallel`` branches run one after the other in this process.
+replaced: the run's state is in an in-memory store (the same store port as Redis), events
+sent are captured, time is virtual (sleeps and retry back-offs end at once),
+``wait_for_event`` and ``invoke`` steps take their outcome from stubs, and ``parallel``
+branches run one after the other in this process. It never connects to Redis, and never
+reads or caches the ``Fanout``'s own settings.
 Flow control, ``cancel_on`` and ``timeouts`` do not apply: they act between runs.
 
 For integration tests on a real Redis and worker, see ``fanout_celery.pytest_plugin``.
@@ -21,21 +23,29 @@ For integration tests on a real Redis and worker, see ``fanout_celery.pytest_plu
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigurationError, InvalidEventError
-from ..events import FUNCTION_INVOKED, SCHEDULED_TIMER, Event, derived_id, now_ms, prepare_batch
+from ..engine.cron import timer_event
+from ..errors import InvalidEventError
 from ..fanout import Fanout
-from ..function import Function, FunctionDef
-from ..runs import Run, StepRecord
-from ..scheduler import timer_event
-from ..settings import Settings
-from .engine import InProcessFanout, Invocation, Retry, RunState, Sleep, drive, off_loop
+from ..integration.task import Function
+from ..model.definition import FunctionDef
+from ..model.events import (
+    FUNCTION_INVOKED,
+    SCHEDULED_TIMER,
+    Event,
+    derived_id,
+    now_ms,
+    prepare_batch,
+)
+from ..model.records import new_run
+from ..model.runs import Run, StepRecord
+from ..model.settings import Settings
+from .kit import Invocation, Kit, Retry, Sleep, off_loop, sleeps_of
 from .stubs import TIMED_OUT, StubAbort, StubError, Stubs
 
 __all__ = [
@@ -112,11 +122,9 @@ class FunctionResult:
 
 
 def _settings(fanout: Fanout) -> Settings:
-    try:
-        return fanout.settings
-    except ConfigurationError:
-        # No Redis configured where the tests run: none is needed here.
-        return Settings.from_app(fanout.app, redis_url="redis://in-process")
+    """The app's settings, read afresh (never the Fanout's cached ones, and never its
+    Redis: the kit runs without one)."""
+    return Settings.from_app(fanout.app, redis_url="redis://in-process")
 
 
 def _trigger(definition: FunctionDef, event: Any, settings: Settings) -> list[dict[str, Any]]:
@@ -139,15 +147,22 @@ def _trigger(definition: FunctionDef, event: Any, settings: Settings) -> list[di
     return records
 
 
-def _steps_of(state: RunState) -> list[StepRecord]:
-    run = Run.from_store(state.run_id, state.fields, state.steps)
+def _steps_of(kit: Kit, run_id: str) -> tuple[list[StepRecord], list[str]]:
+    """The run's steps in execution order, each parallel branch's own steps right after
+    that branch's result record (``group[i]``); and the ids of the runs walked."""
+    raw, steps = kit.store.load_runs([run_id])[0]
+    run = Run.from_store(run_id, raw, steps)
     out: list[StepRecord] = []
+    walked = [run_id]
     for record in run.steps if run else []:
         out.append(record)
         match = _BRANCH.fullmatch(record.id)
-        if record.kind == "branch" and match and match.group(1) in state.branches:
-            out += _steps_of(state.branches[match.group(1)][int(match.group(2))])
-    return out
+        if record.kind == "branch" and match:
+            branch_id = derived_id(run_id, match.group(1), match.group(2))
+            more, ids = _steps_of(kit, branch_id)
+            out += more
+            walked += ids
+    return out, walked
 
 
 def run_function(function: Function, event: Any = None, *,
@@ -173,21 +188,20 @@ def run_function(function: Function, event: Any = None, *,
     Unstubbed steps run for real. Returns a ``FunctionResult``; raises ``StubError``
     for a missing or impossible stub and warns (``UnusedStubWarning``) about unused ones.
     """
-    if not isinstance(function, Function):
+    if not isinstance(function, Function) or not isinstance(function.fanout, Fanout):
         raise TypeError(f"run_function takes a fanout function (what @fanout.function "
                         f"returns), got {function!r}")
     definition = function.definition
     settings = _settings(function.fanout)
     stubs = Stubs(steps, fail_steps, waits, invokes)
     records = _trigger(definition, event, settings)
-    kit = InProcessFanout(function.fanout, settings, stubs)
-    state = RunState(derived_id(definition.function_id, records[0]["id"]), {
-        "function": definition.function_id, "task": definition.task_name,
-        "queue": definition.queue, "status": "queued", "created_at": str(now_ms()),
-        "attempt": "0", "events": json.dumps(records, separators=(",", ":")),
-        "event_name": records[0]["name"]})
+    kit = Kit(function.fanout, definition, settings, stubs)
+    run = new_run(definition.subscription(), records)
+    now = kit.clock()
+    kit.store.create_runs([run], records, now=now, dispatch_deadline=now,
+                          keep_events_ms=settings.keep_events_ms, lookback_ms=0)
     try:
-        off_loop(lambda: drive(kit, definition, state))
+        off_loop(lambda: kit.drive(run.run_id))
     except StubAbort as abort:
         raise abort.error from None
     unused = stubs.unused()
@@ -195,10 +209,12 @@ def run_function(function: Function, event: Any = None, *,
         warnings.warn(UnusedStubWarning(
             f"run {definition.function_id!r} never reached the steps of "
             f"{', '.join(unused)}"), stacklevel=2)
-    run = Run.from_store(state.run_id, state.fields, state.steps)
-    assert run is not None
+    result = kit.store.load_runs([run.run_id])[0]
+    final = Run.from_store(run.run_id, *result)
+    assert final is not None
+    ordered, walked = _steps_of(kit, run.run_id)
     return FunctionResult(
-        run=run, steps=_steps_of(state), events_sent=kit.events_sent, sleeps=kit.sleeps,
-        retries=kit.retries, invocations=kit.invocations,
-        stubbed=frozenset(k for s in state.walk() for k in s.stubbed),
-        lifecycle_event=kit.lifecycle.get(state.run_id))
+        run=final, steps=ordered, events_sent=kit.events_sent,
+        sleeps=sleeps_of(kit.store, walked), retries=kit.retries,
+        invocations=kit.invocations, stubbed=frozenset(kit.stubbed),
+        lifecycle_event=kit.lifecycle_events.get(run.run_id))

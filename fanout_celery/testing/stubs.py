@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import FanoutError, InvalidEventError, StepError
-from ..events import Event, dumps, now_ms, prepare, resolve_path
-from ..step import error_info
-from ..waiting import event_matches
+from ..model.events import Event, dumps, prepare
+from ..model.patterns import resolve_path
+from ..model.records import error_info, event_matches
 
 _COUNTER = re.compile(r"(.+):\d+")
 
@@ -103,11 +103,10 @@ class Stubs:
                 for name in stubs if (table, name) not in self.used]
 
     def resolve(self, key: str, current: dict[str, Any], waiter_json: str | None,
-                max_event_bytes: int) -> dict[str, Any] | None:
+                max_event_bytes: int, now: int) -> dict[str, Any] | None:
         """The record a waiting ``wait_for_event`` or ``invoke`` step resolves to, as an
         arriving event or a finished child would leave it; None when it times out."""
         kind = current.get("kind")
-        now = now_ms()
         if kind == "wait_for_event":
             found, value = self.find("waits", key)
             if not found:

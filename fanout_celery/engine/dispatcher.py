@@ -1,0 +1,123 @@
+"""From events to runs: route each event to its subscribers, let flow control decide,
+create the runs (one store call per chunk), publish their messages, then resolve the
+waits and cancellations the events match."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from ..model.definition import Subscription
+from ..model.events import now_ms, prepare
+from ..model.records import FINAL, NewRun, RunMessage, branch_runs, new_run
+from ..model.settings import Settings
+from ..store.port import Store
+from .admission import Admission
+from .lifecycle import Lifecycle
+from .ports import Broker
+from .router import Router
+
+logger = logging.getLogger("fanout")
+
+# Runs are created and published in chunks of this many: one pipeline per chunk.
+CHUNK = 500
+
+
+class Dispatcher:
+    """Creates and publishes the runs events start."""
+
+    def __init__(self, store: Store, router: Router, broker: Broker, admission: Admission,
+                 settings: Settings) -> None:
+        self.store = store
+        self.router = router
+        self.broker = broker
+        self.admission = admission
+        self.settings = settings
+        self.lifecycle = Lifecycle(store, router, broker, admission, settings,
+                                   emit=self.send_system)
+
+    def dispatch(self, records: Sequence[dict[str, Any]], parent: tuple[str, str] | None = None,
+                 only: Subscription | None = None, notify_parent: bool = False) -> int:
+        """Create the runs ``records`` (validated events) start, publish the new ones;
+        returns how many. ``only``: start that function's run only (invoke, cron)."""
+        self.router.ensure_published()
+        s = self.settings
+        count = 0
+        for start in range(0, len(records), CHUNK):
+            chunk = records[start:start + CHUNK]
+            now = now_ms()
+            runs: list[NewRun] = []
+            skipped: list[tuple[NewRun, str]] = []
+            for record in chunk:
+                for sub in [only] if only else self.router.subscribers(record):
+                    run = new_run(sub, [record], parent=parent, notify_parent=notify_parent)
+                    admitted = self._admit(sub, run, record, now, skipped) if sub.flow else run
+                    if admitted is not None:
+                        runs.append(admitted)
+            if skipped:
+                self.store.record_skipped([r for r, _ in skipped], [w for _, w in skipped],
+                                          now=now, retention_ms=s.retention_ms)
+            created = self.store.create_runs(
+                runs, chunk, now=now, dispatch_deadline=now + s.lease_ms,
+                keep_events_ms=s.keep_events_ms, lookback_ms=s.lookback_ms)
+            fresh = [run for run, made in zip(runs, created.created, strict=True) if made]
+            self.broker.publish([run.message for run in fresh])
+            self.store.confirm_dispatched([run.run_id for run in fresh],
+                                          now_ms() + s.redispatch_ms)
+            self.lifecycle.after_create(chunk, created.waiters, fresh)
+            count += len(fresh)
+        return count
+
+    def _admit(self, sub: Subscription, run: NewRun, record: dict[str, Any], now: int,
+               skipped: list[tuple[NewRun, str]]) -> NewRun | None:
+        """Act on flow control's decision: the run to create, or None."""
+        decision = self.admission.admit(sub, run, record, now)
+        if decision.fate == "skip":
+            skipped.append((run, decision.reason))
+            return None
+        if decision.fate == "buffered":
+            if decision.publish is not None:
+                self.broker.publish([decision.publish.message])
+            return None
+        if decision.cancel is not None:
+            self.lifecycle.cancel(decision.cancel, f"singleton: replaced by run {run.run_id}")
+            assert decision.key is not None
+            self.admission.take_over(decision.key, decision.cancel, run.run_id, now)
+        return run.with_meta(**decision.meta) if decision.meta else run
+
+    def send_system(self, event: dict[str, Any], parent: tuple[str, str]) -> None:
+        """Send a lifecycle event (``fanout/function.*``) if anything subscribes to it."""
+        record = prepare(event, max_bytes=self.settings.max_event_bytes * 4, allow_system=True)
+        if self.router.subscribers(record):
+            self.dispatch([record], parent=parent)
+
+    def start_branches(self, parent_id: str, parent: dict[str, str], key: str, n: int) -> None:
+        """Create (once) and publish the branch runs of parallel group ``key``."""
+        sub = self.router.get(parent.get("function"))
+        if sub is None:  # the function is declared in this process, so this cannot be
+            raise LookupError(f"function {parent.get('function')!r} is not registered")
+        runs = branch_runs(sub, parent_id, json.loads(parent.get("events", "[]")), key, n)
+        now = now_ms()
+        s = self.settings
+        created = self.store.create_runs(runs, [], now=now, dispatch_deadline=now + s.lease_ms,
+                                         keep_events_ms=s.retention_ms, lookback_ms=0)
+        self.broker.publish([r.message for r, made in zip(runs, created.created, strict=True)
+                             if made])
+
+    def enqueue(self, run_ids: Sequence[str]) -> int:
+        """Publish the messages of existing runs that are not final (woken from a wait
+        queue, or found due by the pump); forget the timers of those that are."""
+        if not run_ids:
+            return 0
+        messages, gone = [], []
+        for run_id, found in zip(run_ids, self.store.dispatches(run_ids), strict=True):
+            if found is None or found.status in FINAL:
+                gone.append(run_id)
+            else:
+                messages.append(RunMessage(run_id, found.route))
+        if gone:
+            self.store.drop_timers(gone)
+        self.broker.publish(messages)
+        return len(messages)

@@ -1,0 +1,181 @@
+"""Looking back: runs and events as recorded, the run tree, replays and reruns."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import FanoutError, UnknownFunctionError
+from ..model.events import derived_id, now_ms
+from ..model.records import NewRun, new_run
+from ..model.runs import Run, RunNode
+from ..model.settings import Settings
+from ..store.port import Store
+from .ports import Broker
+from .router import Router
+from .sending import Sender
+
+
+class RerunError(FanoutError, ValueError):
+    """A rerun was asked for a run that cannot be rerun (unknown run or step)."""
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of runs, newest first, and whether more match."""
+
+    runs: list[Run]
+    more: bool
+
+
+def child_event_ids(run: Run) -> dict[str, list[str]]:
+    """Event ids sent by each ``send_event`` step of the run."""
+    return {s.id: list(s.output or []) for s in run.steps
+            if s.kind == "send_event" and s.status == "completed"}
+
+
+def child_run_ids(run: Run) -> dict[str, list[str]]:
+    """Runs started directly by ``invoke`` and ``parallel`` steps of the run."""
+    out: dict[str, list[str]] = {}
+    for s in run.steps:
+        if s.kind == "invoke" and s.detail.get("child_run_id"):
+            out[s.id] = [s.detail["child_run_id"]]
+        elif s.kind == "parallel":
+            # Every branch run exists from the start, joined or not.
+            n = int(s.detail.get("branches", 0))
+            out[s.id] = [derived_id(run.id, s.id, str(i)) for i in range(n)]
+    return out
+
+
+class History:
+    """Queries over recorded runs and events, and the operations that start runs again."""
+
+    def __init__(self, store: Store, router: Router, sender: Sender, broker: Broker,
+                 settings: Settings) -> None:
+        self.store = store
+        self.router = router
+        self.sender = sender
+        self.broker = broker
+        self.settings = settings
+
+    def load(self, run_ids: Sequence[str]) -> list[Run]:
+        """The runs that exist among ``run_ids``, in that order."""
+        loaded = self.store.load_runs(run_ids)
+        runs = (Run.from_store(rid, raw, steps)
+                for rid, (raw, steps) in zip(run_ids, loaded, strict=True))
+        return [r for r in runs if r is not None]
+
+    def get_run(self, run_id: str) -> Run | None:
+        found = self.load([run_id])
+        return found[0] if found else None
+
+    def runs_for_event(self, event_id: str) -> list[Run]:
+        return self.load(self.store.runs_for_events([event_id])[0])
+
+    def list_runs(self, *, function: str | None = None, status: str | None = None,
+                  since_ms: int | None = None, until_ms: int | None = None,
+                  event_id: str | None = None, limit: int = 50, offset: int = 0) -> RunPage:
+        """Runs newest first, filtered; statuses are read in one pipeline before whole
+        runs are loaded."""
+        if event_id is not None:
+            ids = self.store.runs_for_events([event_id])[0]
+        else:
+            functions = [function] if function else sorted(self.router.all())
+            ids = [rid for _, rid in self.store.function_run_ids(functions, since_ms,
+                                                                 until_ms)]
+        if status is not None:
+            ids = [rid for rid, st in zip(ids, self.store.statuses(ids), strict=True)
+                   if st == status]
+        return RunPage(runs=self.load(ids[offset:offset + limit]),
+                       more=len(ids) > offset + limit)
+
+    def list_events(self, *, name: str | None = None, since_ms: int | None = None,
+                    limit: int = 50) -> list[tuple[dict[str, Any], list[str]]]:
+        """Recent stored events (newest first), each with the ids of the runs it started."""
+        out: list[tuple[dict[str, Any], list[str]]] = []
+        cursor = 0
+        batch = max(limit * 4, 200)
+        while len(out) < limit:
+            ids = self.store.event_ids(since_ms, cursor, batch)
+            if not ids:
+                break
+            cursor += len(ids)
+            kept = [e for e in self.store.get_events(ids)
+                    if e is not None and (name is None or e["name"] == name)]
+            runs = self.store.runs_for_events([e["id"] for e in kept])
+            out.extend(zip(kept, runs, strict=True))
+        return out[:limit]
+
+    def get_event(self, event_id: str) -> dict[str, Any] | None:
+        return self.store.get_events([event_id])[0]
+
+    def replay(self, events: Sequence[dict[str, Any]]) -> list[str]:
+        """Send stored events again as new events (new ids, ``replay_of`` set)."""
+        fresh = [{"name": e["name"], "data": e.get("data", {}), "replay_of": e["id"],
+                  **({"user": e["user"]} if e.get("user") is not None else {})}
+                 for e in events]
+        return self.sender.send(fresh) if fresh else []
+
+    def rerun(self, run_id: str, from_step: str | None = None) -> str:
+        """Start a new run of the same function and event that reuses the recorded
+        outputs of the steps before ``from_step`` (by default, every step before the
+        first one that did not complete) and executes the rest. Returns its id."""
+        raw, steps = self.store.load_runs([run_id])[0]
+        run = Run.from_store(run_id, raw, steps)
+        if run is None:
+            raise RerunError(f"no run {run_id} (unknown or expired)")
+        sub = self.router.get(run.function_id)
+        if sub is None:
+            raise UnknownFunctionError(
+                f"function {run.function_id!r} is not declared or published")
+        ordered = [s.id for s in run.steps]
+        if from_step is not None and from_step not in ordered:
+            raise RerunError(f"run {run_id} has no step {from_step!r}; its steps: "
+                             f"{', '.join(ordered) or '(none)'}")
+        keep: dict[str, str] = {}
+        for step in run.steps:
+            if step.id == from_step or step.status != "completed":
+                break
+            keep[step.id] = steps[step.id]
+        extra = {"rerun_of": run_id, **({"rerun_from": from_step} if from_step else {})}
+        fresh: NewRun = new_run(sub, run.events, extra=extra,
+                                run_id=derived_id(run_id, "rerun", uuid.uuid4().hex))
+        s = self.settings
+        now = now_ms()
+        self.store.create_rerun(fresh, keep, now=now, retention_ms=s.retention_ms,
+                                dispatch_deadline=now + 30_000)
+        self.broker.publish([fresh.message])
+        self.store.confirm_dispatched([fresh.run_id], now_ms() + s.redispatch_ms)
+        return fresh.run_id
+
+    def tree(self, run_id: str, depth: int = 3) -> RunNode | None:
+        """A run and, up to ``depth`` levels, the runs its steps started; each level in
+        two pipelined round trips however wide it is."""
+        root = self.get_run(run_id)
+        if root is None:
+            return None
+        top = RunNode(root)
+        level = [top]
+        for _ in range(depth):
+            wanted = [(node, step_id, eid) for node in level
+                      for step_id, eids in child_event_ids(node.run).items() for eid in eids]
+            found = self.store.runs_for_events([eid for _, _, eid in wanted])
+            pairs = [(node, step_id, rid)
+                     for (node, step_id, _), rids in zip(wanted, found, strict=True)
+                     for rid in rids]
+            pairs += [(node, step_id, rid) for node in level
+                      for step_id, rids in child_run_ids(node.run).items() for rid in rids]
+            if not pairs:
+                break
+            loaded = self.store.load_runs([rid for _, _, rid in pairs])
+            level = []
+            for (node, step_id, rid), (raw, steps) in zip(pairs, loaded, strict=True):
+                run = Run.from_store(rid, raw, steps)
+                if run is None or run.parent_run_id != node.run.id:
+                    continue
+                kid = RunNode(run)
+                node.children.setdefault(step_id, []).append(kid)
+                level.append(kid)
+        return top

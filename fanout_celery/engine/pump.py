@@ -1,0 +1,53 @@
+"""One round of the timer pump: what is due goes back on the broker.
+
+Due timers (sleeps, retry back-off, wait timeouts), run messages the broker lost, runs
+whose worker died (an expired lease), expired start/finish timeouts, and runs waiting
+for a concurrency slot that has freed. Claims are atomic in the store, so any number of
+workers may pump at once. The loop that calls ``round`` lives in the Celery integration
+(a worker bootstep).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..model.events import now_ms
+from ..model.settings import Settings
+from ..store.port import Store
+from .admission import Admission
+from .dispatcher import Dispatcher
+from .router import Router
+
+logger = logging.getLogger("fanout.pump")
+
+
+class Pump:
+    """The pump's work, one round at a time."""
+
+    def __init__(self, store: Store, dispatcher: Dispatcher, admission: Admission,
+                 router: Router, settings: Settings) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.admission = admission
+        self.router = router
+        self.settings = settings
+
+    def round(self, limit: int = 500) -> int:
+        """Publish what is due now; returns how many runs were enqueued."""
+        now = now_ms()
+        deadline = now + self.settings.redispatch_ms
+        self.dispatcher.lifecycle.expire_deadlines()
+        woken = self.admission.reconcile()
+        run_ids = self.store.claim_due(now, deadline, limit)
+        expired = self.store.expire_leases(now, deadline, limit)
+        if expired:
+            logger.info("pump: %d run(s) lost their worker; resuming them", len(expired))
+        return self.dispatcher.enqueue(list(dict.fromkeys([*woken, *run_ids, *expired])))
+
+    def housekeeping(self) -> None:
+        """Publish this process's subscriptions again (a Redis that lost its data
+        relearns them) and forget history entries older than the retention."""
+        if self.router.local:
+            self.router.publish()
+        cutoff = now_ms() - self.settings.retention_ms
+        self.store.trim_history(list(self.router.all()), cutoff)

@@ -1,0 +1,68 @@
+"""Subscriptions: which functions an event name starts, across every process.
+
+Each process that defines functions publishes them to the store, so a process that
+imports none of them (a web app) still reaches every subscriber.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ..model.definition import Subscription
+from ..store.port import Store
+
+# How long a process trusts its copy of the published subscriptions.
+CACHE_SECONDS = 1.0
+
+
+class Router:
+    """Resolves event names to subscriptions: this process's own, plus the published ones."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.local: dict[str, Subscription] = {}
+        self._published = True
+        self._remote: dict[str, Subscription] = {}
+        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def add(self, sub: Subscription) -> None:
+        self.local[sub.function_id] = sub
+        self._published = False
+
+    def publish(self) -> None:
+        """Publish this process's subscriptions, so processes without them can route."""
+        self.store.publish_subscriptions({fid: s.dumps() for fid, s in self.local.items()})
+        self._published = True
+
+    def ensure_published(self) -> None:
+        """Publish before the first send after a function was declared."""
+        if not self._published and self.local:
+            self.publish()
+
+    def all(self) -> dict[str, Subscription]:
+        """Every subscription, the published ones refreshed at most once a second."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._loaded_at > CACHE_SECONDS:
+                remote: dict[str, Subscription] = {}
+                for fid, raw in self.store.load_subscriptions().items():
+                    try:
+                        remote[fid] = Subscription.loads(fid, raw)
+                    except (ValueError, KeyError, TypeError):
+                        continue  # written by an incompatible version; ignore it
+                self._remote = remote
+                self._loaded_at = now
+            return {**self._remote, **self.local}
+
+    def get(self, function_id: Any) -> Subscription | None:
+        """The subscription of a function declared here or published by another process."""
+        if not isinstance(function_id, str):
+            return None
+        local = self.local.get(function_id)
+        return local if local is not None else self.all().get(function_id)
+
+    def subscribers(self, event: dict[str, Any]) -> list[Subscription]:
+        return [s for s in self.all().values() if s.events and s.accepts(event)]

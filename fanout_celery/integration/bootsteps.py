@@ -1,0 +1,96 @@
+"""The timer pump: a bootstep in every worker that moves due runs back onto the broker.
+
+Durable timers (sleeps, retry back-off) live in the store, scored by wake time, instead
+of broker ETAs: the Redis broker's visibility timeout would deliver a long-ETA message
+twice, and a message held by a worker is lost with the worker. What one round does is
+the engine's (``engine/pump.py``); this module runs rounds in a thread of the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import bootsteps
+
+from .host import Host, host_for
+
+logger = logging.getLogger("fanout.pump")
+
+# Subscriptions are re-published this often, so a Redis that lost its data relearns them.
+REPUBLISH_SECONDS = 60.0
+
+
+class PumpThread:
+    """The pump loop of one worker, in a daemon thread."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="fanout-pump", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        interval = self.host.settings.pump_interval
+        # -inf, not 0: monotonic() counts from boot, so on a host up for less than
+        # REPUBLISH_SECONDS a 0 would delay the first publish by up to a minute.
+        last_housekeeping = float("-inf")
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                pump = self.host.engine.pump
+                if time.monotonic() - last_housekeeping > REPUBLISH_SECONDS:
+                    pump.housekeeping()
+                    last_housekeeping = time.monotonic()
+                sent = pump.round()
+                failures = 0
+            except Exception:
+                failures += 1
+                # Redis or the broker is away: back off, up to 5 s, and keep trying.
+                delay = min(interval * 2 ** failures, 5.0)
+                logger.warning("pump: round failed; retrying in %.1fs", delay, exc_info=True)
+                self._stop.wait(delay)
+                continue
+            if not sent:
+                self._stop.wait(interval)
+
+
+class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Worker bootstep that runs the pump of the app's ``Fanout``."""
+
+    label = "fanout-pump"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.pump: PumpThread | None = None
+
+    def start(self, worker: Any) -> None:
+        host = host_for(worker.app)
+        if host is None:
+            return
+        try:
+            host.check_redis()
+        except Exception:
+            logger.warning("pump: could not check the Redis settings", exc_info=True)
+        self.pump = PumpThread(host)
+        self.pump.start()
+        logger.info("pump: started for %r", host)
+
+    def stop(self, worker: Any) -> None:
+        if self.pump is not None:
+            self.pump.stop()
+            self.pump = None
+
+    # A cold shutdown (and Celery's test worker) sends terminate, not stop: the base class
+    # would only stop ``self.obj``, which this step does not use.
+    shutdown = terminate = stop

@@ -1,0 +1,202 @@
+"""What ``@fanout.function`` declares, validated, and the form it is published in.
+
+``declare(...)`` checks every decorator argument before anything is registered and
+returns a ``FunctionDef``; ``FunctionDef.subscription()`` is the part other processes
+need (triggers, task name, queue, flow control), published to the store as JSON.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..errors import ConfigurationError
+from .cron import check_missed, parse_cron
+from .events import FUNCTION_FAILED
+from .flowcontrol import FlowControl
+from .options import CancelOn, Timeouts, coerce_cancel_on
+from .patterns import check_pattern, matches, resolve_path
+from .retry import RetryPolicy
+
+FUNCTION_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,127}\Z")
+
+# Celery task options a function may pass through. Options the library relies on
+# (acks_late, serializer, bind, ...) are not among them.
+TASK_OPTIONS = frozenset({
+    "rate_limit", "time_limit", "soft_time_limit", "priority", "expires", "routing_key",
+    "exchange", "track_started", "default_retry_delay", "store_errors_even_if_ignored",
+})
+
+
+def _no_handler(ctx: Any) -> None:  # pragma: no cover - replaced by bind()
+    raise ConfigurationError("this function has no handler yet")
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One function's event triggers and where its runs go: what a process that does
+    not import the function needs to start its runs."""
+
+    function_id: str
+    events: tuple[str, ...]
+    task: str
+    queue: str = ""
+    # Equality filters on the event, by dotted path (used by on_failure handlers).
+    where: tuple[tuple[str, Any], ...] = ()
+    # Cron triggers (texts as declared) and what to do with slots missed while down.
+    crons: tuple[str, ...] = ()
+    missed: str = "latest"
+    missed_limit: int = 10
+    # (event, match path, timeout seconds) of each cancel_on, and the start timeout.
+    cancel_on: tuple[tuple[Any, ...], ...] = ()
+    start_timeout: float | None = None
+    # Flow-control options (FlowControl.as_dict()), enforced by senders and workers.
+    flow: dict[str, Any] | None = None
+
+    def accepts(self, event: dict[str, Any]) -> bool:
+        """Whether ``event`` (a stored event dict) starts a run of this function."""
+        if not any(matches(p, event["name"]) for p in self.events):
+            return False
+        return all(resolve_path(event, path) == value for path, value in self.where)
+
+    @property
+    def flow_control(self) -> FlowControl:
+        return FlowControl.loads(self.flow)
+
+    def dumps(self) -> str:
+        return json.dumps({"events": list(self.events), "task": self.task, "queue": self.queue,
+                           "where": [list(w) for w in self.where], "crons": list(self.crons),
+                           "missed": self.missed, "missed_limit": self.missed_limit,
+                           "cancel_on": [list(c) for c in self.cancel_on],
+                           "start_timeout": self.start_timeout, "flow": self.flow})
+
+    @classmethod
+    def loads(cls, function_id: str, raw: str) -> Subscription:
+        data = json.loads(raw)
+        return cls(function_id=function_id, events=tuple(data["events"]), task=data["task"],
+                   queue=data.get("queue", ""),
+                   where=tuple((p, v) for p, v in data.get("where", [])),
+                   crons=tuple(data.get("crons", [])), missed=data.get("missed", "latest"),
+                   missed_limit=int(data.get("missed_limit", 10)),
+                   cancel_on=tuple(tuple(c) for c in data.get("cancel_on", [])),
+                   start_timeout=data.get("start_timeout"), flow=data.get("flow"))
+
+
+@dataclass(frozen=True)
+class FunctionDef:
+    """A declared function: id, triggers, policies, handler and Celery task name."""
+
+    function_id: str
+    handler: Callable[..., Any] = _no_handler
+    events: tuple[str, ...] = ()
+    crons: tuple[str, ...] = ()
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    task_name: str = ""
+    queue: str = ""
+    where: tuple[tuple[str, Any], ...] = ()
+    on_failure: str | None = None
+    missed: str = "latest"
+    missed_limit: int = 10
+    cancel_on: tuple[CancelOn, ...] = ()
+    timeouts: Timeouts | None = None
+    flow: FlowControl = field(default_factory=FlowControl)
+
+    def bind(self, handler: Callable[..., Any]) -> FunctionDef:
+        """This definition with its handler (checked to take one argument, ``ctx``)."""
+        check_handler(handler, self.function_id)
+        return replace(self, handler=handler)
+
+    def failure_handler(self, handler: Callable[..., Any]) -> FunctionDef:
+        """The definition of this function's ``on_failure`` handler: a function of its
+        own, triggered by ``fanout/function.failed`` events of this function."""
+        return FunctionDef(function_id=f"{self.function_id}-failure", events=(FUNCTION_FAILED,),
+                           retry_policy=self.retry_policy,
+                           task_name=f"fanout.{self.function_id}-failure", queue=self.queue,
+                           where=(("data.function_id", self.function_id),)).bind(handler)
+
+    def subscription(self) -> Subscription:
+        return Subscription(function_id=self.function_id, events=self.events,
+                            task=self.task_name, queue=self.queue, where=self.where,
+                            crons=self.crons, missed=self.missed,
+                            missed_limit=self.missed_limit,
+                            cancel_on=tuple(tuple(c.as_list()) for c in self.cancel_on),
+                            start_timeout=self.timeouts.start_seconds if self.timeouts else None,
+                            flow=None if self.flow.empty else self.flow.as_dict())
+
+
+def declare(function_id: Any, *, events: Sequence[str], cron: Any, retries: Any,
+            on_failure: Any, name: Any, queue: Any, cron_missed: Any, cron_missed_limit: Any,
+            cancel_on: Any, timeouts: Any, flow: dict[str, Any],
+            task_options: dict[str, Any]) -> FunctionDef:
+    """Validate the arguments of ``@fanout.function`` (all but the handler);
+    ``ConfigurationError`` names the first that is wrong."""
+    fid = check_function_id(function_id)
+    triggers = tuple(check_pattern(e) for e in events)
+    crons = tuple(parse_cron(c).text for c in as_list(cron, "cron"))
+    missed, missed_limit = check_missed(cron_missed, cron_missed_limit)
+    cancel_list = coerce_cancel_on(cancel_on)
+    flow_control = FlowControl.build(**flow)
+    if timeouts is not None and not isinstance(timeouts, Timeouts):
+        raise ConfigurationError(f"function {fid!r}: timeouts must be a Timeouts(...)")
+    policy = RetryPolicy.coerce(retries)
+    check_task_options(task_options, fid)
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise ConfigurationError(f"function {fid!r}: queue must be a non-empty string")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigurationError(f"function {fid!r}: name must be a non-empty string")
+    if on_failure is not None:
+        check_handler(on_failure, f"{fid}-failure")
+    return FunctionDef(
+        function_id=fid, events=triggers, crons=crons, retry_policy=policy,
+        task_name=name or f"fanout.{fid}", queue=queue or "",
+        on_failure=f"{fid}-failure" if on_failure is not None else None,
+        missed=missed, missed_limit=missed_limit, cancel_on=cancel_list,
+        timeouts=timeouts, flow=flow_control)
+
+
+def check_function_id(value: Any) -> str:
+    if not isinstance(value, str) or not FUNCTION_ID_RE.match(value):
+        raise ConfigurationError(
+            f"a function id is 1-128 characters of letters, digits and _-. "
+            f"(not starting with punctuation), got {value!r}"
+        )
+    return value
+
+
+def as_list(value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)) and value:
+        return tuple(value)
+    raise ConfigurationError(f"{what} must be a string or a non-empty list of strings, "
+                             f"not {value!r}")
+
+
+def check_handler(handler: Any, function_id: str) -> None:
+    if not callable(handler):
+        raise ConfigurationError(f"function {function_id!r}: the handler must be callable")
+    try:
+        sig = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(object())
+    except TypeError:
+        raise ConfigurationError(
+            f"function {function_id!r}: the handler must take exactly one argument, ctx"
+        ) from None
+
+
+def check_task_options(options: dict[str, Any], function_id: str) -> None:
+    unknown = sorted(set(options) - TASK_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"function {function_id!r}: unknown option(s) {', '.join(unknown)}; "
+            f"Celery task options accepted here: {', '.join(sorted(TASK_OPTIONS))}"
+        )

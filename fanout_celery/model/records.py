@@ -1,0 +1,145 @@
+"""The records of runs, steps and waiters, built in one place.
+
+A run record has static fields, set once when the run is created (its function, task,
+queue, parent...), and fields that change while it executes (status, attempt, lease,
+output, error, timestamps). ``NewRun`` carries the static ones; the store adds the rest.
+Step records are JSON objects in the run's step table; their ``status`` is one of
+``STEP_STATUSES``.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from .definition import Subscription
+from .events import derived_id
+from .patterns import resolve_path
+
+STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled",
+            "skipped")
+# "skipped": created but never run, by a rate limit, a singleton or an idempotency key.
+FINAL = frozenset({"completed", "failed", "cancelled", "skipped"})
+STEP_STATUSES = ("completed", "failed", "retrying", "sleeping", "waiting", "invoking",
+                 "parallel", "joined")
+
+# Errors and tracebacks are kept to this many characters on a step or a run.
+MAX_TRACEBACK = 8000
+
+WAIT_SEP = "\x1f"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a run's task message goes: its task, its queue, and the event name shown
+    by monitors."""
+
+    task: str
+    queue: str = ""
+    event_name: str = ""
+
+
+@dataclass(frozen=True)
+class RunMessage:
+    """One run's task message: the run id is the only argument that matters."""
+
+    run_id: str
+    route: Route
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A run to create: id, function, trigger events and static fields."""
+
+    run_id: str
+    function_id: str
+    events: tuple[dict[str, Any], ...]
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [e["id"] for e in self.events]
+
+    @cached_property
+    def events_json(self) -> str:
+        return json.dumps(list(self.events), separators=(",", ":"))
+
+    @property
+    def route(self) -> Route:
+        return Route(self.meta["task"], self.meta.get("queue", ""),
+                     self.meta.get("event_name", ""))
+
+    @property
+    def message(self) -> RunMessage:
+        return RunMessage(self.run_id, self.route)
+
+    def with_meta(self, **extra: str) -> NewRun:
+        return NewRun(self.run_id, self.function_id, self.events, {**self.meta, **extra})
+
+
+def run_id_for(function_id: str, event_id: str) -> str:
+    """The id of the run an event starts for a function: one run per (function, event)."""
+    return derived_id(function_id, event_id)
+
+
+def new_run(sub: Subscription, events: list[dict[str, Any]] | tuple[dict[str, Any], ...], *,
+            parent: tuple[str, str] | None = None, notify_parent: bool = False,
+            run_id: str | None = None, extra: dict[str, str] | None = None) -> NewRun:
+    """The run ``events`` start for ``sub`` (``parent``: the run and step that started
+    it; ``notify_parent``: an ``invoke`` child, which resolves its parent's step)."""
+    meta = {"function": sub.function_id, "task": sub.task, "queue": sub.queue,
+            "event_name": events[0]["name"]}
+    if parent is not None:
+        meta["parent_run_id"], meta["parent_step_id"] = parent
+        if notify_parent:
+            meta["notify_parent"] = "1"
+    meta.update(extra or {})
+    return NewRun(run_id or run_id_for(sub.function_id, events[0]["id"]), sub.function_id,
+                  tuple(events), meta)
+
+
+def branch_field(group: str, index: int) -> str:
+    """The key of one branch's result in its parent's step table."""
+    return f"{group}[{index}]"
+
+
+def branch_runs(sub: Subscription, parent_id: str, events: list[dict[str, Any]], key: str,
+                n: int) -> list[NewRun]:
+    """The branch runs of parallel group ``key`` of run ``parent_id``."""
+    return [new_run(sub, events, parent=(parent_id, branch_field(key, i)),
+                    run_id=derived_id(parent_id, key, str(i)),
+                    extra={"branch_of": parent_id, "branch_step": key, "branch_index": str(i)})
+            for i in range(n)]
+
+
+def waiter_field(run_id: str, step_key: str) -> str:
+    """The field naming one waiting step in its event name's index of waiters."""
+    return f"{run_id}{WAIT_SEP}{step_key}"
+
+
+def split_waiter_field(name: str) -> tuple[str, str]:
+    run_id, _, step_key = name.partition(WAIT_SEP)
+    return run_id, step_key
+
+
+def event_matches(waiter: dict[str, Any], event: dict[str, Any]) -> bool:
+    """Whether ``event`` satisfies a waiter's (or cancel_on entry's) match: the same
+    value at the same dotted path; any event when the waiter has no path."""
+    path = waiter.get("path")
+    return path is None or resolve_path(event, path) == waiter.get("value")
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """The JSON form of an error as recorded on a step or run."""
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:],
+    }
+
+
+def cancelled_info(reason: str) -> dict[str, Any]:
+    return {"type": "Cancelled", "message": reason}

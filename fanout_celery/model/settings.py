@@ -1,0 +1,196 @@
+"""Settings read from ``app.conf.fanout_*`` (so Django's ``CELERY_FANOUT_*`` works).
+
+Every ``fanout_*`` setting is parsed and checked here, and nowhere else: a bad value is
+a ``ConfigurationError`` naming the setting, an unknown ``fanout_*`` name a warning
+with the closest valid one. Durations are seconds (or a ``timedelta``); the ``*_ms``
+properties give them in milliseconds, the unit of every timestamp in the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import ConfigurationError
+
+logger = logging.getLogger("fanout")
+
+REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
+
+
+def _seconds(name: str, value: Any) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigurationError(f"fanout_{name} must be a positive number of seconds or a "
+                                 f"timedelta, not {value!r}")
+    return float(value)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"fanout_{name} must be a positive integer, not {value!r}")
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"fanout_{name} must be True or False, not {value!r}")
+    return value
+
+
+def _prefix(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or any(c in value for c in "{} \n"):
+        raise ConfigurationError(
+            f"fanout_{name} must be a non-empty string without braces or spaces, "
+            f"not {value!r}")
+    return value
+
+
+def _url(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.split("://", 1)[0] not in REDIS_SCHEMES:
+        raise ConfigurationError(
+            f"fanout_{name} must be a redis://, rediss://, redis+socket:// or unix:// "
+            f"URL, not {redact_url(str(value))!r}")
+    return value
+
+
+# name -> (default, parser); the names are those of app.conf without "fanout_".
+SPEC: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
+    "redis_url": (None, _url),
+    "key_prefix": ("fanout", _prefix),
+    "retention": (timedelta(days=7), _seconds),
+    "event_dedupe_window": (timedelta(hours=24), _seconds),
+    "max_event_bytes": (512 * 1024, _positive_int),
+    "max_step_output_bytes": (4 * 1024 * 1024, _positive_int),
+    "max_steps": (1000, _positive_int),
+    "lease_seconds": (30, _seconds),
+    # How often the timer pump in each worker looks for due timers and expired leases.
+    "pump_interval": (0.2, _seconds),
+    # A run whose message was published (a new run, or one a pump woke) but never
+    # started a task is published again after this long; it only matters when a pump or
+    # broker loses a message.
+    "redispatch_seconds": (300, _seconds),
+    # How far back a newly registered wait_for_event looks for events it may have just
+    # missed (sent after the previous step, before the wait was registered).
+    "wait_lookback": (300, _seconds),
+    # Send custom task events (task-sleeping, task-waiting, task-retrying) when a run
+    # parks, so Flower shows that state rather than SUCCESS.
+    "task_events": (True, _flag),
+    # Publish run messages straight into a Redis broker's queue, pipelined (see
+    # integration/publisher.py); False publishes through app.send_task.
+    "fast_publish": (True, _flag),
+    # How often beat sends the cron tick that fires due cron slots.
+    "cron_interval": (1.0, _seconds),
+}
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, for logs and CLI output."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated fanout settings of one Celery app."""
+
+    redis_url: str
+    key_prefix: str = "fanout"
+    retention: float = 7 * 86400.0
+    event_dedupe_window: float = 86400.0
+    max_event_bytes: int = 512 * 1024
+    max_step_output_bytes: int = 4 * 1024 * 1024
+    max_steps: int = 1000
+    lease_seconds: float = 30.0
+    pump_interval: float = 0.2
+    redispatch_seconds: float = 300.0
+    wait_lookback: float = 300.0
+    task_events: bool = True
+    fast_publish: bool = True
+    cron_interval: float = 1.0
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{f.name}={redact_url(self.redis_url) if f.name == 'redis_url' else getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+        )
+        return f"Settings({fields})"
+
+    # -- in milliseconds, as the store keeps time
+    @property
+    def retention_ms(self) -> int:
+        return int(self.retention * 1000)
+
+    @property
+    def keep_events_ms(self) -> int:
+        """How long events and their run lists are kept: they de-duplicate for the
+        dedupe window even when runs are kept for less."""
+        return int(max(self.retention, self.event_dedupe_window) * 1000)
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.lease_seconds * 1000)
+
+    @property
+    def redispatch_ms(self) -> int:
+        return int(self.redispatch_seconds * 1000)
+
+    @property
+    def lookback_ms(self) -> int:
+        return int(self.wait_lookback * 1000)
+
+    @classmethod
+    def from_app(cls, app: Any, **overrides: Any) -> Settings:
+        """Build settings from ``app.conf.fanout_*``; keyword overrides win when not None."""
+        conf = app.conf
+        _warn_unknown(conf)
+        raw: dict[str, Any] = {}
+        for name, (default, parse) in SPEC.items():
+            value = overrides.get(name)
+            if value is None:
+                value = conf.get(f"fanout_{name}", default)
+            raw[name] = parse(name, default if value is None else value)
+        if raw["redis_url"] is None:
+            broker = conf.broker_url or ""
+            if isinstance(broker, str) and broker.split("://", 1)[0] in REDIS_SCHEMES:
+                raw["redis_url"] = broker
+            else:
+                raise ConfigurationError(
+                    "fanout needs Redis for its state: set app.conf.fanout_redis_url "
+                    "(the broker is not Redis, so it cannot be used)")
+        return cls(**raw)
+
+
+def read_setting(app: Any, name: str) -> Any:
+    """One setting of ``app``, parsed and checked, without building (or caching) the
+    whole ``Settings``: for what is needed before the app is fully configured."""
+    default, parse = SPEC[name]
+    value = app.conf.get(f"fanout_{name}", default)
+    return parse(name, default if value is None else value)
+
+
+def _warn_unknown(conf: Any) -> None:
+    try:
+        names = [str(k) for k in conf.keys()]
+    except Exception:  # a conf without keys(): nothing to check
+        return
+    known = [f"fanout_{n}" for n in SPEC]
+    for name in names:
+        low = name.lower()
+        if low.startswith("fanout_") and low not in known:
+            close = difflib.get_close_matches(low, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            logger.warning("fanout: unknown setting %s is ignored%s", name, hint)

@@ -1,0 +1,116 @@
+"""The body of every function's task: pass flow control's gate, take the run's lease,
+execute one attempt, release what it held. And the thread that keeps leases alive."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Sequence
+
+from ..errors import LeaseLostError
+from ..model.definition import FunctionDef
+from ..model.events import now_ms
+from ..model.settings import Settings
+from ..store.port import FlowKey, NotStarted, SlotSet, Store
+from .execution import Execution
+from .journal import Journal
+from .services import Services
+
+logger = logging.getLogger("fanout.execution")
+
+
+class LeaseKeeper:
+    """Renews the leases of the runs executing in this process, from one thread."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self._held: dict[str, str] = {}
+        self._slots: dict[str, Sequence[SlotSet]] = {}
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._wake = threading.Event()
+
+    def hold(self, run_id: str, token: str, slots: Sequence[SlotSet] = ()) -> None:
+        with self._lock:
+            self._held[run_id] = token
+            if slots:
+                self._slots[run_id] = slots
+            if self._pid != os.getpid():  # first use, or first use after a fork
+                self._pid = os.getpid()
+                threading.Thread(target=self._loop, name="fanout-lease", daemon=True).start()
+
+    def release(self, run_id: str) -> None:
+        with self._lock:
+            self._held.pop(run_id, None)
+            self._slots.pop(run_id, None)
+
+    def _loop(self) -> None:
+        pid = os.getpid()
+        while self._pid == pid:
+            self._wake.wait(self._settings.lease_seconds / 3)
+            with self._lock:
+                held = list(self._held.items())
+                slots = list(self._slots.items())
+            if not held:
+                continue
+            try:
+                expiry = now_ms() + self._settings.lease_ms
+                self._store.renew(held, expiry)
+                if slots:  # concurrency slots expire with the lease they belong to
+                    self._store.renew_slots(slots, expiry)
+            except Exception:  # Redis briefly away: the next round tries again
+                logger.warning("lease: renewal failed", exc_info=True)
+
+
+def run_attempt(services: Services, function: FunctionDef, run_id: str) -> str:
+    """Execute one attempt of ``run_id``; returns the status it left the run in (or why
+    it did not start: done, busy, early, missing, throttled, lease-lost)."""
+    store = services.store
+    admission = services.admission
+    slots: list[SlotSet] = []
+    if function.flow.gates_start:
+        gate, slots = admission.gate(function, run_id)
+        if gate != "ok":
+            # Waiting for a concurrency slot (a release enqueues it) or throttled (a timer
+            # does): either way this message is done.
+            return "throttled"
+    token = uuid.uuid4().hex
+    now = services.clock()
+    started = store.start(run_id, token, now=now, lease_exp=now + services.settings.lease_ms)
+    if isinstance(started, NotStarted):
+        if slots and started.reason in ("done", "missing"):
+            services.effects.enqueue_woken(admission.release(run_id, slots))
+        # done: a duplicate of a finished run; busy: executing elsewhere (if that worker
+        # dies, its lease expires and the pump re-enqueues the run); early: a timer's
+        # message arrived before its time and the timer was put back.
+        logger.debug("run %s: not started (%s %s)", run_id, started.reason, started.info)
+        if started.reason == "missing":
+            logger.warning("run %s: no such run (expired or never created)", run_id)
+        return started.reason
+    run = started.run
+    buffer = FlowKey.loads(run.get("buffer") or "")
+    if buffer is not None:  # a debounced or batched run: later events open a new one
+        store.close_buffer(buffer, run_id)
+    services.leases.hold(run_id, token, slots)
+    status = "lease-lost"
+    try:
+        finish_after = function.timeouts.finish_seconds if function.timeouts else None
+        if finish_after is not None:
+            # Idempotent (same member, same score), so a resumed run keeps its deadline.
+            first_start = int(run.get("started_at") or now)
+            store.add_deadlines([(f"finish:{run_id}", first_start + int(finish_after * 1000))])
+        parent_steps = store.load_steps(run["branch_of"]) if run.get("branch_of") else None
+        journal = Journal(store, run_id, token, services.settings, services.clock)
+        status = Execution(services, function, journal, run, started.steps,
+                           parent_steps).execute()
+        return status
+    except LeaseLostError as exc:
+        logger.warning("%s; another worker resumes it", exc)
+        return "lease-lost"
+    finally:
+        services.leases.release(run_id)
+        if slots and status != "lease-lost":
+            services.effects.enqueue_woken(admission.release(run_id, slots))

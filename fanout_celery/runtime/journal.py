@@ -1,0 +1,65 @@
+"""The journal of one execution: its writes to the run's state, fenced by its lease.
+
+Every write goes to the store port with this execution's lease token; the store raises
+``LeaseLostError`` when the lease was taken over (nothing is written) and
+``CancelRequested`` when a cancel was asked for (the run stops at this step boundary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..model.settings import Settings
+from ..store.port import Store
+
+
+class Journal:
+    """Writes of one execution of one run."""
+
+    def __init__(self, store: Store, run_id: str, token: str, settings: Settings,
+                 clock: Callable[[], int]) -> None:
+        self.store = store
+        self.clock = clock
+        self.run_id = run_id
+        self.token = token
+        self.settings = settings
+
+    def _lease_exp(self) -> int:
+        return self.clock() + self.settings.lease_ms
+
+    def checkpoint(self, key: str, record: str) -> None:
+        """Write a step record (and extend the lease)."""
+        self.store.checkpoint(self.run_id, self.token, key, record, lease_exp=self._lease_exp())
+
+    def settle(self, key: str, expect: str, record: str,
+               waiter: tuple[str, str] | None = None) -> str | None:
+        """Write ``record`` if the step is still ``expect``; else return the one that won."""
+        return self.store.settle(self.run_id, self.token, key, expect, record,
+                                 lease_exp=self._lease_exp(), waiter=waiter)
+
+    def park(self, status: str, wake_at: int | None, step: tuple[str, str] | None = None,
+             expect: tuple[str, str] | None = None,
+             fields: dict[str, str] | None = None) -> str | None:
+        """Park the run until ``wake_at``; with ``expect``, only if that step is still in
+        that status (else return its record)."""
+        return self.store.park(self.run_id, self.token, status, wake_at=wake_at, step=step,
+                               expect=expect, fields=fields)
+
+    def park_waiting(self, key: str, record: str, *, event_name: str, waiter_field: str,
+                     waiter: str, timeout_at: int, since: int) -> list[str]:
+        """Register a wait and park; returns ids of events of that name sent since."""
+        return self.store.park_waiting(self.run_id, self.token, key, record,
+                                       event_name=event_name, waiter_field=waiter_field,
+                                       waiter=waiter, timeout_at=timeout_at, since=since)
+
+    def finish(self, status: str, fields: dict[str, str]) -> None:
+        """Mark the run final."""
+        self.store.finish(self.run_id, self.token, status,
+                          {"ended_at": str(self.clock()), **fields},
+                          retention_ms=self.settings.retention_ms)
+
+    def load_steps(self) -> dict[str, str]:
+        return self.store.load_steps(self.run_id)
+
+    def field(self, name: str) -> str | None:
+        return self.store.run_field(self.run_id, name)

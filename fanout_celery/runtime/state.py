@@ -1,0 +1,101 @@
+"""The state of one attempt, shared by the execution, the step API and the context:
+which steps are recorded (the memo), how far the replay has come, and the writes that
+keep the memo and the store in step."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from typing import Any
+
+from ..model.definition import FunctionDef
+from ..model.settings import Settings
+from .journal import Journal
+from .services import Services
+
+logger = logging.getLogger("fanout.execution")
+
+
+class AttemptState:
+    """State of one attempt of one run while its handler executes: the memo of recorded
+    steps, the replay position, and the writes that keep both in step with the store."""
+
+    def __init__(self, services: Services, function: FunctionDef, journal: Journal,
+                 run: dict[str, str], steps: dict[str, str],
+                 parent_steps: dict[str, str] | None = None) -> None:
+        self.services = services
+        self.effects = services.effects
+        self.clock = services.clock
+        self.function = function
+        self.journal = journal
+        self.run_id = journal.run_id
+        self.run = run
+        # A branch run of a parallel group replays the parent's steps up to the group.
+        self.memo: dict[str, dict[str, Any]] = {
+            k: json.loads(v) for k, v in {**(parent_steps or {}), **steps}.items()}
+        self.branch: tuple[str, int] | None = (
+            (run["branch_step"], int(run["branch_index"])) if run.get("branch_of") else None)
+        self.is_async = inspect.iscoroutinefunction(function.handler)
+        self.mw = services.middleware
+        self.ctx: Any = None  # the handler's Context, once built
+        self.events: list[dict[str, Any]] = json.loads(run.get("events", "[]"))
+        self.body_attempt = int(run.get("attempt", 0))
+        self.log = logging.LoggerAdapter(logger, {"run_id": self.run_id})
+        self._seq = max((int(r.get("seq", 0)) for r in self.memo.values()), default=-1) + 1
+        # Memoized steps not yet reached in this replay: ctx.logger is silent until then.
+        self._pending_replay = sum(1 for r in self.memo.values() if r["status"] != "retrying")
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def replaying(self) -> bool:
+        return self._pending_replay > 0
+
+    def replayed(self, key: str) -> None:
+        self._pending_replay -= 1
+
+    def replay_done(self) -> None:
+        self._pending_replay = 0
+
+    def next_seq(self) -> int:
+        seq = self._seq
+        self._seq += 1
+        return seq
+
+    def reload_steps(self) -> None:
+        """Read the step table again (a parallel group was joined while parking)."""
+        self.memo.update({k: json.loads(v) for k, v in self.journal.load_steps().items()})
+
+    # -- writes -----------------------------------------------------------------------
+    def checkpoint(self, key: str, encoded: str, record: dict[str, Any]) -> None:
+        self.journal.checkpoint(key, encoded)
+        self.memo[key] = record
+
+    def settle(self, key: str, expect: str, encoded: str, record: dict[str, Any],
+               waits: tuple[str, str] | None = None) -> dict[str, Any]:
+        """Checkpoint ``record`` only if the step is still ``expect`` (a timeout racing an
+        event or a child run); returns the record that won."""
+        current = self.journal.settle(key, expect, encoded, waits)
+        if current is not None and current:
+            record = json.loads(current)
+        self.memo[key] = record
+        return record
+
+    def park(self, status: str, wake_at: int | None, step: tuple[str, str, Any] | None = None,
+             expect: tuple[str, str] | None = None, **fields: str) -> dict[str, Any] | None:
+        """Park the run until ``wake_at``. With ``expect=(key, status)``, park only if that
+        step is still in that status; otherwise return its new record (resolved)."""
+        current = self.journal.park(status, wake_at, (step[0], step[1]) if step else None,
+                                    expect, fields)
+        if current is None:
+            return None
+        record: dict[str, Any] = json.loads(current) if current else {}
+        if expect is not None:
+            self.memo[expect[0]] = record
+        return record
+
+    def finish(self, status: str, **fields: str) -> None:
+        self.journal.finish(status, fields)

@@ -1,0 +1,81 @@
+"""The state of the in-memory store, and the helpers its parts share.
+
+For unit tests and ``fanout_celery.testing``: each verb does what its Lua script does,
+atomically (one lock), so code under test sees the same answers it would from Redis.
+Expiry is lazy, against ``clock`` (epoch ms): a record past its expiry reads as gone.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+
+from ...errors import LeaseLostError
+from ...model.records import Route
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def status_of(record: str | None) -> str | None:
+    return None if record is None else json.loads(record).get("status")
+
+
+class MemoryBase:
+    """Dicts standing for the Redis keys, and one lock that makes each verb atomic."""
+
+    def __init__(self, prefix: str = "fanout", clock: Callable[[], int] = _wall_ms) -> None:
+        self.prefix = prefix
+        self.clock = clock
+        self._lock = threading.RLock()
+        self.runs: dict[str, dict[str, str]] = {}   # changing fields
+        self.meta: dict[str, dict[str, str]] = {}   # static fields
+        self.steps: dict[str, dict[str, str]] = {}
+        self.expires: dict[str, int] = {}           # run id -> expiry (ms)
+        self.zsets: dict[str, dict[str, float]] = {}
+        self.events: dict[str, tuple[str, int]] = {}  # id -> (json, expiry)
+        self.event_runs: dict[str, set[str]] = {}
+        self.waits: dict[str, dict[str, str]] = {}
+        self.cancels: dict[str, dict[str, str]] = {}
+        self.subscriptions: dict[str, str] = {}
+        self.cron: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} prefix={self.prefix!r} runs={len(self.runs)}>"
+
+    # -- helpers (call with the lock held) --------------------------------------------
+    def _run(self, run_id: str) -> dict[str, str] | None:
+        exp = self.expires.get(run_id)
+        if exp is not None and exp <= self.clock():
+            for table in (self.runs, self.meta, self.steps, self.expires):
+                table.pop(run_id, None)
+        return self.runs.get(run_id)
+
+    def _z(self, name: str) -> dict[str, float]:
+        return self.zsets.setdefault(name, {})
+
+    def _holds(self, run_id: str, token: str) -> dict[str, str]:
+        run = self._run(run_id)
+        if run is None or run.get("lease") != token:
+            raise LeaseLostError(f"run {run_id} lost its lease")
+        return run
+
+    def _unlease(self, run_id: str, run: dict[str, str]) -> None:
+        run.pop("lease", None)
+        run.pop("lease_exp", None)
+        self._z("leases").pop(run_id, None)
+
+    def _expanded(self, run_id: str) -> dict[str, str]:
+        run = self._run(run_id)
+        return {} if run is None else {**self.meta.get(run_id, {}), **run}
+
+    def _route(self, run_id: str) -> Route:
+        m = self.meta.get(run_id, {})
+        return Route(m.get("task", ""), m.get("queue", ""), m.get("event_name", ""))
+
+    def load_steps(self, run_id: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self.steps.get(run_id, {})) if self._run(run_id) is not None else {}

@@ -1,0 +1,342 @@
+"""The store port in memory: the same verbs as ``RedisStore``, on dicts behind one lock.
+
+For unit tests and ``fanout_celery.testing``: each verb does what its Lua script does,
+atomically (one lock), so code under test sees the same answers it would from Redis.
+Expiry is lazy, against ``clock`` (epoch ms): a record past its expiry reads as gone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from ...errors import CancelRequested
+from ...model.records import FINAL, NewRun
+from ..port import Created, Dispatch, NotStarted, Resolution, Started, Waiters
+from .base import status_of as _status_of
+from .flow import MemoryFlow
+from .queries import MemoryQueries
+
+
+class MemoryStore(MemoryQueries, MemoryFlow):
+    """Run state in this process; see the module docstring."""
+
+    # -- creating runs ----------------------------------------------------------------
+    def create_runs(self, runs: Sequence[NewRun], events: Sequence[dict[str, Any]], *,
+                    now: int, dispatch_deadline: int, keep_events_ms: int,
+                    lookback_ms: int) -> Created:
+        with self._lock:
+            for ev in events:
+                current = self.events.get(ev["id"])
+                if current is None or current[1] <= self.clock():
+                    self.events[ev["id"]] = (json.dumps(ev, separators=(",", ":")),
+                                             now + keep_events_ms)
+                self._z("events").setdefault(ev["id"], now)
+            created = []
+            for run in runs:
+                if self._run(run.run_id) is not None:
+                    created.append(False)
+                    continue
+                self.runs[run.run_id] = {"status": "queued", "created_at": str(now),
+                                         "attempt": "0", "events": run.events_json}
+                self.meta[run.run_id] = dict(run.meta)
+                self.steps.setdefault(run.run_id, {})
+                self._z("dispatch")[run.run_id] = dispatch_deadline
+                self._z(f"function:{run.function_id}")[run.run_id] = now
+                for eid in run.event_ids:
+                    self.event_runs.setdefault(eid, set()).add(run.run_id)
+                created.append(True)
+            names: dict[str, None] = dict.fromkeys(ev["name"] for ev in events)
+            for ev in events:
+                self._z(f"recent:{ev['name']}")[ev["id"]] = now
+            for name in names:
+                recent = self._z(f"recent:{name}")
+                for eid in [e for e, at in recent.items() if at <= now - lookback_ms]:
+                    del recent[eid]
+            waiters = [Waiters(n, dict(self.waits.get(n, {})), dict(self.cancels.get(n, {})))
+                       for n in names]
+            return Created(created, waiters)
+
+    def record_skipped(self, runs: Sequence[NewRun], reasons: Sequence[str], *, now: int,
+                       retention_ms: int) -> None:
+        with self._lock:
+            for run, reason in zip(runs, reasons, strict=True):
+                if self._run(run.run_id) is not None:
+                    continue
+                self.runs[run.run_id] = {
+                    "status": "skipped", "created_at": str(now), "ended_at": str(now),
+                    "attempt": "0", "events": run.events_json,
+                    "error": json.dumps({"type": "Skipped", "message": reason})}
+                self.meta[run.run_id] = dict(run.meta)
+                self.steps[run.run_id] = {}
+                self.expires[run.run_id] = now + retention_ms
+                self._z(f"function:{run.function_id}")[run.run_id] = now
+                self.event_runs.setdefault(run.event_ids[0], set()).add(run.run_id)
+
+    def create_rerun(self, run: NewRun, steps: dict[str, str], *, now: int,
+                     retention_ms: int, dispatch_deadline: int) -> None:
+        with self._lock:
+            self.runs[run.run_id] = {"status": "queued", "created_at": str(now),
+                                     "attempt": "0", "events": run.events_json}
+            self.meta[run.run_id] = dict(run.meta)
+            self.steps[run.run_id] = dict(steps)
+            self._z("dispatch")[run.run_id] = dispatch_deadline
+            self._z(f"function:{run.function_id}")[run.run_id] = now
+            for eid in run.event_ids:
+                self.event_runs.setdefault(eid, set()).add(run.run_id)
+
+    def confirm_dispatched(self, run_ids: Sequence[str], redispatch_at: int) -> None:
+        with self._lock:
+            dispatch = self._z("dispatch")
+            for run_id in run_ids:
+                if run_id in dispatch:
+                    dispatch[run_id] = redispatch_at
+
+    # -- one execution ----------------------------------------------------------------
+    def start(self, run_id: str, token: str, *, now: int,
+              lease_exp: int) -> Started | NotStarted:
+        with self._lock:
+            run = self._run(run_id)
+            if run is None:
+                return NotStarted("missing")
+            if run["status"] in FINAL:
+                return NotStarted("done", run["status"])
+            if run.get("lease") and int(run.get("lease_exp", 0)) > now:
+                return NotStarted("busy", run["lease_exp"])
+            wake = run.get("wake_at")
+            if wake and int(wake) > now:
+                self._z("timers")[run_id] = int(wake)
+                return NotStarted("early", wake)
+            run.update(status="running", lease=token, lease_exp=str(lease_exp))
+            run.pop("wake_at", None)
+            run.setdefault("started_at", str(now))
+            run["executions"] = str(int(run.get("executions", 0)) + 1)
+            self._z("leases")[run_id] = lease_exp
+            self._z("timers").pop(run_id, None)
+            self._z("dispatch").pop(run_id, None)
+            return Started(self._expanded(run_id), dict(self.steps.get(run_id, {})))
+
+    def checkpoint(self, run_id: str, token: str, key: str, record: str, *,
+                   lease_exp: int) -> None:
+        with self._lock:
+            run = self._holds(run_id, token)
+            self.steps.setdefault(run_id, {})[key] = record
+            run["lease_exp"] = str(lease_exp)
+            self._z("leases")[run_id] = lease_exp
+            if "cancel" in run:
+                raise CancelRequested()
+
+    def settle(self, run_id: str, token: str, key: str, expect: str, record: str, *,
+               lease_exp: int, waiter: tuple[str, str] | None = None) -> str | None:
+        with self._lock:
+            run = self._holds(run_id, token)
+            current = self.steps.get(run_id, {}).get(key)
+            if _status_of(current) != expect:
+                return current or ""
+            if waiter is not None:
+                self.waits.get(waiter[0], {}).pop(waiter[1], None)
+            self.steps[run_id][key] = record
+            run["lease_exp"] = str(lease_exp)
+            self._z("leases")[run_id] = lease_exp
+            if "cancel" in run:
+                raise CancelRequested()
+            return None
+
+    def park(self, run_id: str, token: str, status: str, *, wake_at: int | None,
+             step: tuple[str, str] | None = None, expect: tuple[str, str] | None = None,
+             fields: dict[str, str] | None = None) -> str | None:
+        with self._lock:
+            run = self._holds(run_id, token)
+            if expect is not None:
+                current = self.steps.get(run_id, {}).get(expect[0])
+                if _status_of(current) != expect[1]:
+                    return current or ""
+            if step is not None:
+                self.steps.setdefault(run_id, {})[step[0]] = step[1]
+            if "cancel" in run:
+                raise CancelRequested()
+            run["status"] = status
+            run.update(fields or {})
+            self._unlease(run_id, run)
+            if wake_at is not None:
+                run["wake_at"] = str(wake_at)
+                self._z("timers")[run_id] = wake_at
+            return None
+
+    def park_waiting(self, run_id: str, token: str, key: str, record: str, *,
+                     event_name: str, waiter_field: str, waiter: str, timeout_at: int,
+                     since: int) -> list[str]:
+        with self._lock:
+            run = self._holds(run_id, token)
+            if "cancel" in run:
+                raise CancelRequested()
+            self.steps.setdefault(run_id, {})[key] = record
+            self.waits.setdefault(event_name, {})[waiter_field] = waiter
+            run.update(status="waiting", wake_at=str(timeout_at))
+            self._unlease(run_id, run)
+            self._z("timers")[run_id] = timeout_at
+            recent = self._z(f"recent:{event_name}")
+            return [eid for eid, at in sorted(recent.items(), key=lambda i: i[1])
+                    if at >= since]
+
+    def finish(self, run_id: str, token: str, status: str, fields: dict[str, str], *,
+               retention_ms: int) -> None:
+        with self._lock:
+            run = self._holds(run_id, token)
+            run["status"] = status
+            run.update(fields)
+            self._unlease(run_id, run)
+            for name in ("wake_at", "cancel"):
+                run.pop(name, None)
+            self._z("timers").pop(run_id, None)
+            self.expires[run_id] = self.clock() + retention_ms
+
+    def renew(self, leases: Sequence[tuple[str, str]], lease_exp: int) -> list[bool]:
+        out = []
+        with self._lock:
+            for run_id, token in leases:
+                run = self._run(run_id)
+                held = run is not None and run.get("lease") == token
+                if held and run is not None:
+                    run["lease_exp"] = str(lease_exp)
+                    self._z("leases")[run_id] = lease_exp
+                out.append(held)
+        return out
+
+    def step_record(self, run_id: str, key: str) -> str | None:
+        return self.load_steps(run_id).get(key)
+
+    def run_field(self, run_id: str, name: str) -> str | None:
+        with self._lock:
+            run = self._run(run_id)
+            return None if run is None else run.get(name)
+
+    # -- from outside a run -----------------------------------------------------------
+    def _wake(self, run_id: str, run: dict[str, str], deadline: int) -> Resolution:
+        if run["status"] in ("waiting", "sleeping"):
+            run["status"] = "queued"
+            run.pop("wake_at", None)
+            self._z("timers")[run_id] = deadline
+            return Resolution("woken", self._route(run_id))
+        return Resolution("executing")
+
+    def resolve(self, run_id: str, key: str, expect: str, record: str, *, deadline: int,
+                waiter: tuple[str, str] | None = None) -> Resolution:
+        with self._lock:
+            if waiter is not None:
+                self.waits.get(waiter[0], {}).pop(waiter[1], None)
+            run = self._run(run_id)
+            current = self.steps.get(run_id, {}).get(key)
+            if run is None or _status_of(current) != expect or run["status"] in FINAL:
+                return Resolution("none")
+            self.steps[run_id][key] = record
+            return self._wake(run_id, run, deadline)
+
+    def join(self, parent: str, group: str, branch: str, record: str, *, branches: int,
+             joined: str, deadline: int) -> Resolution:
+        with self._lock:
+            run = self._run(parent)
+            steps = self.steps.setdefault(parent, {})
+            steps.setdefault(branch, record)
+            if any(f"{group}[{i}]" not in steps for i in range(branches)) \
+                    or _status_of(steps.get(group)) != "parallel":
+                return Resolution("none")
+            steps[group] = joined
+            if run is None:
+                return Resolution("none")
+            return self._wake(parent, run, deadline)
+
+    def cancel(self, run_id: str, *, now: int, retention_ms: int,
+               error: str) -> Literal["cancelled", "requested", "final", "missing"]:
+        with self._lock:
+            run = self._run(run_id)
+            if run is None:
+                return "missing"
+            if run["status"] in FINAL:
+                return "final"
+            if run.get("lease") and int(run.get("lease_exp", 0)) > now:
+                run["cancel"] = error
+                return "requested"
+            run.update(status="cancelled", ended_at=str(now), error=error)
+            self._unlease(run_id, run)
+            for name in ("wake_at", "cancel"):
+                run.pop(name, None)
+            for index in ("timers", "dispatch"):
+                self._z(index).pop(run_id, None)
+            self.expires[run_id] = now + retention_ms
+            return "cancelled"
+
+    def drop_waiters(self, entries: Sequence[tuple[str, str]]) -> None:
+        with self._lock:
+            for name, member in entries:
+                self.waits.get(name, {}).pop(member, None)
+
+    def add_cancels(self, entries: Sequence[tuple[str, str, str]]) -> None:
+        with self._lock:
+            for name, run_id, raw in entries:
+                self.cancels.setdefault(name, {})[run_id] = raw
+
+    def drop_cancels(self, entries: Sequence[tuple[str, str]]) -> None:
+        with self._lock:
+            for name, run_id in entries:
+                self.cancels.get(name, {}).pop(run_id, None)
+
+    def add_deadlines(self, entries: Sequence[tuple[str, int]]) -> None:
+        with self._lock:
+            self._z("deadlines").update(dict(entries))
+
+    def claim_deadlines(self, now: int, limit: int) -> list[str]:
+        with self._lock:
+            deadlines = self._z("deadlines")
+            due = sorted((m for m, at in deadlines.items() if at <= now),
+                         key=lambda m: (deadlines[m], m))[:limit]
+            for member in due:
+                del deadlines[member]
+            return due
+
+    # -- the pump ---------------------------------------------------------------------
+    def _claim(self, index: str, now: int, deadline: int, limit: int) -> list[str]:
+        zset = self._z(index)
+        due = sorted((m for m, at in zset.items() if at <= now),
+                     key=lambda m: (zset[m], m))[:limit]
+        for member in due:
+            zset[member] = deadline
+        return due
+
+    def claim_due(self, now: int, deadline: int, limit: int) -> list[str]:
+        with self._lock:
+            return list(dict.fromkeys([*self._claim("timers", now, deadline, limit),
+                                       *self._claim("dispatch", now, deadline, limit)]))
+
+    def expire_leases(self, now: int, deadline: int, limit: int) -> list[str]:
+        with self._lock:
+            leases = self._z("leases")
+            out = []
+            for run_id in sorted((m for m, at in leases.items() if at <= now),
+                                 key=lambda m: (leases[m], m))[:limit]:
+                run = self._run(run_id)
+                if run is not None and int(run.get("lease_exp", 0)) > now:
+                    leases[run_id] = int(run["lease_exp"])
+                    continue
+                del leases[run_id]
+                if run is None or run["status"] != "running":
+                    continue
+                run.pop("lease", None)
+                run.pop("lease_exp", None)
+                run["status"] = "queued"
+                self._z("timers")[run_id] = deadline
+                out.append(run_id)
+            return out
+
+    def drop_timers(self, run_ids: Sequence[str]) -> None:
+        with self._lock:
+            for run_id in run_ids:
+                self._z("timers").pop(run_id, None)
+                self._z("dispatch").pop(run_id, None)
+
+    def dispatches(self, run_ids: Sequence[str]) -> list[Dispatch | None]:
+        with self._lock:
+            return [None if self._run(r) is None
+                    else Dispatch(self.runs[r]["status"], self._route(r)) for r in run_ids]
+

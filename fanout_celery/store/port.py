@@ -1,0 +1,318 @@
+"""The store port: every read and write of run state, as typed verbs.
+
+``RedisStore`` (``store/redis``) implements it on Redis, with Lua scripts where a change
+must be atomic; ``MemoryStore`` (``store/memory.py``) implements the same verbs in a
+dict, for unit tests and ``fanout_celery.testing``. Both are checked against one set of
+contract tests (``tests/store``).
+
+Times are epoch milliseconds, given by the caller (its clock). An execution's writes
+are fenced by its lease ``token``: when the lease was taken over the store raises
+``LeaseLostError`` and writes nothing; when a cancel was requested it raises
+``CancelRequested`` after writing (the execution stops at this step boundary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from ..model.records import NewRun, Route
+
+
+@dataclass(frozen=True)
+class Waiters:
+    """Who waits for events of one name: step waiters (``waiter field`` -> JSON) and
+    ``cancel_on`` entries (run id -> JSON)."""
+
+    name: str
+    steps: dict[str, str] = field(default_factory=dict)
+    cancels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Created:
+    """What ``create_runs`` did: per run, whether this call created it; per distinct
+    event name (first-seen order), who waits for it."""
+
+    created: list[bool]
+    waiters: list[Waiters]
+
+
+@dataclass(frozen=True)
+class Started:
+    """``start`` took the lease: the run's record (static fields in line) and steps."""
+
+    run: dict[str, str]
+    steps: dict[str, str]
+
+
+@dataclass(frozen=True)
+class NotStarted:
+    """``start`` did not take the lease. ``done``: the run is final; ``busy``: another
+    execution holds a live lease (``info``: its expiry); ``early``: the run is parked
+    until ``info`` (its timer was put back); ``missing``: no such run."""
+
+    reason: Literal["done", "busy", "early", "missing"]
+    info: str = ""
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What resolving a waiting step from outside its run did. ``woken``: the run was
+    parked and is now queued, publish it to ``route``; ``executing``: it sees the new
+    record when it next parks; ``none``: nothing waited (already resolved, or final)."""
+
+    outcome: Literal["woken", "executing", "none"]
+    route: Route | None = None
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A run about to be published: its status and where its message goes."""
+
+    status: str
+    route: Route
+
+
+@dataclass(frozen=True)
+class FlowKey:
+    """One flow-control key: ``kind`` (idempotency, rate, singleton, throttle, debounce,
+    batch), the scope (a function id) and the key's value in the event."""
+
+    kind: str
+    scope: str
+    value: str
+
+    def dumps(self) -> str:
+        return f"{self.kind}|{self.scope}|{self.value}"
+
+    @classmethod
+    def loads(cls, text: str) -> FlowKey | None:
+        """The key written by ``dumps``; None for anything else (a record of 0.1)."""
+        parts = text.split("|", 2)
+        return cls(*parts) if len(parts) == 3 else None
+
+
+@dataclass(frozen=True)
+class SlotSet:
+    """One concurrency limit as it applies to one run: its scope (a function id, or
+    ``global:<key path>``), the key's value, and the limit."""
+
+    scope: str
+    value: str
+    limit: int
+
+
+@dataclass(frozen=True)
+class Gate:
+    """``gate``'s answer: ``ok`` (slots taken), ``wait`` (queued for a slot; a release
+    enqueues the run) or ``later`` (throttled until ``when``; a timer wakes it)."""
+
+    kind: Literal["ok", "wait", "later"]
+    when: int = 0
+
+
+class Store(Protocol):
+    """Run state, indexes, subscriptions and flow-control state under one key prefix."""
+
+    prefix: str
+
+    # -- creating runs ----------------------------------------------------------------
+    def create_runs(self, runs: Sequence[NewRun], events: Sequence[dict[str, Any]], *,
+                    now: int, dispatch_deadline: int, keep_events_ms: int,
+                    lookback_ms: int) -> Created:
+        """Store ``events`` (each once: SET NX, kept ``keep_events_ms``), note them as
+        recent for waits, read who waits for their names, and create each run that
+        does not exist yet (queued, covered by the dispatch index until it starts)."""
+
+    def record_skipped(self, runs: Sequence[NewRun], reasons: Sequence[str], *, now: int,
+                       retention_ms: int) -> None:
+        """Record runs flow control skipped (final status ``skipped``); a run that
+        already exists is left as it is."""
+
+    def create_rerun(self, run: NewRun, steps: dict[str, str], *, now: int,
+                     retention_ms: int, dispatch_deadline: int) -> None:
+        """Create a run whose step table starts with ``steps`` (a rerun)."""
+
+    def confirm_dispatched(self, run_ids: Sequence[str], redispatch_at: int) -> None:
+        """The runs' messages are on the broker: re-publish them at ``redispatch_at``
+        only if they have not started by then."""
+
+    # -- one execution ----------------------------------------------------------------
+    def start(self, run_id: str, token: str, *, now: int,
+              lease_exp: int) -> Started | NotStarted:
+        """Take the run's lease and load its record and steps, in one round trip."""
+
+    def checkpoint(self, run_id: str, token: str, key: str, record: str, *,
+                   lease_exp: int) -> None:
+        """Write one step record and extend the lease."""
+
+    def settle(self, run_id: str, token: str, key: str, expect: str, record: str, *,
+               lease_exp: int, waiter: tuple[str, str] | None = None) -> str | None:
+        """Write ``record`` only if the step is still in status ``expect`` (a timeout
+        racing an event or a child run). Returns None when written, else the record
+        that won. ``waiter``: (event name, field) of a waiter to remove."""
+
+    def park(self, run_id: str, token: str, status: str, *, wake_at: int | None,
+             step: tuple[str, str] | None = None, expect: tuple[str, str] | None = None,
+             fields: dict[str, str] | None = None) -> str | None:
+        """Release the lease and park the run in ``status`` until ``wake_at`` (None:
+        until something resolves it), writing ``step`` (key, record) and ``fields``.
+        With ``expect`` (key, status), park only if that step is still in that status;
+        otherwise return its current record and keep the lease."""
+
+    def park_waiting(self, run_id: str, token: str, key: str, record: str, *,
+                     event_name: str, waiter_field: str, waiter: str, timeout_at: int,
+                     since: int) -> list[str]:
+        """Register a ``wait_for_event`` waiter and park the run, atomically with reading
+        the ids of events of that name noted since ``since``: an event noted before is
+        among them, one noted after finds the waiter."""
+
+    def finish(self, run_id: str, token: str, status: str, fields: dict[str, str], *,
+               retention_ms: int) -> None:
+        """Mark the run final, release its lease and expire it after the retention."""
+
+    def renew(self, leases: Sequence[tuple[str, str]], lease_exp: int) -> list[bool]:
+        """Renew the leases ``(run_id, token)`` still held; returns which were."""
+
+    def load_steps(self, run_id: str) -> dict[str, str]:
+        """The run's step table (key -> JSON record)."""
+
+    def step_record(self, run_id: str, key: str) -> str | None:
+        """One step's JSON record."""
+
+    def run_field(self, run_id: str, name: str) -> str | None:
+        """One changing field of a run's record (status, cancel, events...)."""
+
+    # -- from outside a run -----------------------------------------------------------
+    def resolve(self, run_id: str, key: str, expect: str, record: str, *, deadline: int,
+                waiter: tuple[str, str] | None = None) -> Resolution:
+        """Resolve a waiting step (an event arrived, a child finished): write ``record``
+        if the step is still ``expect`` and the run not final; wake the run if parked
+        (its timer at ``deadline`` covers a lost publish)."""
+
+    def join(self, parent: str, group: str, branch: str, record: str, *, branches: int,
+             joined: str, deadline: int) -> Resolution:
+        """Record a branch result in the parent; when every branch has one, mark the
+        group ``joined`` and wake the parent if parked."""
+
+    def cancel(self, run_id: str, *, now: int, retention_ms: int,
+               error: str) -> Literal["cancelled", "requested", "final", "missing"]:
+        """Cancel a queued or parked run at once; flag an executing one."""
+
+    def drop_waiters(self, entries: Sequence[tuple[str, str]]) -> None:
+        """Remove ``(event name, waiter field)`` step waiters."""
+
+    def add_cancels(self, entries: Sequence[tuple[str, str, str]]) -> None:
+        """Register ``(event name, run id, JSON)`` cancel_on entries."""
+
+    def drop_cancels(self, entries: Sequence[tuple[str, str]]) -> None:
+        """Remove ``(event name, run id)`` cancel_on entries."""
+
+    def add_deadlines(self, entries: Sequence[tuple[str, int]]) -> None:
+        """Schedule ``(start:<run> | finish:<run>, when)`` timeouts (idempotent)."""
+
+    def claim_deadlines(self, now: int, limit: int) -> list[str]:
+        """Take the deadlines due at ``now``."""
+
+    # -- the pump ---------------------------------------------------------------------
+    def claim_due(self, now: int, deadline: int, limit: int) -> list[str]:
+        """Claim due timers and stale dispatches (moved to ``deadline``, so a pump that
+        dies before publishing is covered); returns the run ids to publish now."""
+
+    def expire_leases(self, now: int, deadline: int, limit: int) -> list[str]:
+        """Drop leases that expired at ``now`` (their worker died) and queue their runs
+        again; returns the run ids to publish now."""
+
+    def drop_timers(self, run_ids: Sequence[str]) -> None:
+        """Forget timer and dispatch entries of runs that are final or gone."""
+
+    def dispatches(self, run_ids: Sequence[str]) -> list[Dispatch | None]:
+        """Status and route of each run (None where it no longer exists)."""
+
+    # -- queries ----------------------------------------------------------------------
+    def load_runs(self, run_ids: Sequence[str]) -> list[tuple[dict[str, str], dict[str, str]]]:
+        """The record (static fields in line) and step table of each run; empty dicts
+        where it does not exist."""
+
+    def statuses(self, run_ids: Sequence[str]) -> list[str | None]: ...
+
+    def runs_for_events(self, event_ids: Sequence[str]) -> list[list[str]]:
+        """The ids of the runs each event started, sorted."""
+
+    def function_run_ids(self, function_ids: Sequence[str], since: int | None = None,
+                         until: int | None = None) -> list[tuple[float, str]]:
+        """``(created ms, run id)`` of the functions' runs in the range, newest first."""
+
+    def event_ids(self, since: int | None, start: int, num: int) -> list[str]:
+        """Stored event ids, newest first."""
+
+    def get_events(self, event_ids: Sequence[str]) -> list[dict[str, Any] | None]: ...
+
+    def trim_history(self, function_ids: Iterable[str], older_than: int) -> None:
+        """Forget index entries older than the retention (their runs expired)."""
+
+    def inspect_run(self, run_id: str) -> dict[str, str]:
+        """The run's record as stored, every field (for operators and tests)."""
+
+    def indexes_of(self, run_id: str) -> dict[str, float | None]:
+        """The run's scores in the global indexes: ``timer``, ``lease``, ``dispatch``."""
+
+    def waiters_of(self, event_name: str) -> Waiters:
+        """Every step waiter and cancel_on entry of an event name."""
+
+    def count(self, index: Literal["events", "deadlines", "timers", "leases",
+                                   "dispatch"]) -> int:
+        """Entries in one global index."""
+
+    def ttl_ms(self, run_id: str) -> int:
+        """Milliseconds until the run's record expires; -1 when it does not, -2 gone."""
+
+    def server_info(self) -> dict[str, str]:
+        """The server's name, version and eviction policy (empty where unknown)."""
+
+    # -- cron and subscriptions -------------------------------------------------------
+    def cron_marks(self, function_ids: Sequence[str]) -> list[int | None]: ...
+
+    def set_cron_marks(self, marks: dict[str, int]) -> None: ...
+
+    def publish_subscriptions(self, subs: dict[str, str]) -> None: ...
+
+    def load_subscriptions(self) -> dict[str, str]: ...
+
+    # -- flow control -----------------------------------------------------------------
+    def gate(self, run_id: str, *, now: int, slot_exp: int, slots: Sequence[SlotSet],
+             throttle: tuple[FlowKey, int, int] | None, queue_score: float) -> Gate:
+        """Take concurrency slots (or queue for one) and pass the throttle
+        (``(key, emission interval ms, tolerance ms)``) before a run starts."""
+
+    def release(self, run_id: str, slots: Sequence[SlotSet], *, now: int, deadline: int,
+                reserve_until: int) -> list[str]:
+        """Free ``run_id``'s slots ('' frees none) and pop waiting runs into the room,
+        each with a slot reserved until ``reserve_until``; returns them."""
+
+    def waiting_queues(self) -> list[SlotSet]:
+        """Slot sets whose wait queue holds runs."""
+
+    def renew_slots(self, entries: Sequence[tuple[str, Sequence[SlotSet]]], exp: int) -> None:
+        """Extend the slots of executing runs with their leases."""
+
+    def rate(self, key: FlowKey, *, now: int, period_ms: int, limit: int, member: str) -> bool:
+        """Take a place in a sliding-window rate limit; False when it is full."""
+
+    def claim_key(self, key: FlowKey, run_id: str, *, now: int, window_ms: int | None) -> str:
+        """Claim a key for a run (for ``window_ms``, or until released). Returns '' when
+        claimed, else the run id holding it."""
+
+    def unclaim_key(self, key: FlowKey, run_id: str) -> None:
+        """Release a key if ``run_id`` still holds it."""
+
+    def buffer(self, mode: Literal["debounce", "batch"], key: FlowKey, run: NewRun, *,
+               now: int, period_ms: int, cap_ms: int | None, max_size: int,
+               retention_ms: int) -> tuple[str, str]:
+        """Add the run's event to the key's pending run, or open one with ``run``.
+        Returns (pending run id, ``new`` | ``added`` | ``full``)."""
+
+    def close_buffer(self, key: FlowKey, run_id: str) -> None:
+        """A buffered run starts: later events open a new one."""

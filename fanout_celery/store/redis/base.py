@@ -1,0 +1,69 @@
+"""What every part of the Redis store shares: the client, the key layout, the scripts,
+and the encoding of a run record's static fields."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from ...model.records import Route
+from .connect import connect
+from .keys import Keys
+from .lua import Scripts
+
+# Fields of a run record set once at creation are kept in one JSON field, "meta", so a
+# run is created with a handful of arguments; the fields that change stay separate.
+HOT_FIELDS = frozenset({"status", "created_at", "attempt", "events"})
+
+_SCRIPTS: Scripts | None = None
+
+
+def _scripts() -> Scripts:
+    global _SCRIPTS
+    if _SCRIPTS is None:  # read once per process: the sources never change
+        _SCRIPTS = Scripts()
+    return _SCRIPTS
+
+
+class RedisBase:
+    """One client, one prefix."""
+
+    def __init__(self, url: str, prefix: str = "fanout",
+                 client: redis.Redis[str] | None = None) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.keys = Keys(prefix)
+        self.client: redis.Redis[str] = client if client is not None else connect(url)
+        self.scripts = _scripts()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} prefix={self.prefix!r}>"
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def pack_meta(fields: dict[str, str]) -> str:
+    return json.dumps({k: v for k, v in fields.items() if k not in HOT_FIELDS},
+                      separators=(",", ":"))
+
+
+def expand(raw: dict[str, str]) -> dict[str, str]:
+    """A run record with its "meta" fields in line, as callers read it."""
+    meta = raw.pop("meta", None)
+    if meta:
+        return {**json.loads(meta), **raw}
+    return raw
+
+
+def route_of(meta: str) -> Route:
+    data = json.loads(meta) if meta else {}
+    return Route(str(data.get("task", "")), str(data.get("queue", "")),
+                 str(data.get("event_name", "")))
+
+
+def pairs(flat: Sequence[Any]) -> dict[str, str]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}

@@ -1,0 +1,100 @@
+"""The Lua scripts of ``scripts/``, called by SHA.
+
+Each script is ``prelude.lua`` (shared definitions, such as the set of final statuses),
+then any snippet it names with ``--! include <name>``, then its own text, which starts
+with a header of its KEYS and ARGV. A call is one ``EVALSHA``: a server that does not
+know the script yet (``NOSCRIPT``: it restarted, or its cache was flushed) gets it with
+``SCRIPT LOAD`` and the call is made again.
+
+redis-py's ``Script`` objects are not used: in a pipeline they cost a ``SCRIPT EXISTS``
+round trip before every execution. Pipelines here are executed with
+``raise_on_error=False``; a command refused with ``NOSCRIPT`` did not run, so after
+loading the scripts, exactly those commands run again, in their order. Pipelines mixing
+scripts with plain commands that must follow them are not built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+SCRIPTS = Path(__file__).with_name("scripts")
+INCLUDE_RE = re.compile(r"^--! include (\w+)\s*$", re.M)
+
+
+@cache
+def _read(name: str) -> str:
+    return (SCRIPTS / f"{name}.lua").read_text()
+
+
+class Lua:
+    """One script: its full source and SHA1."""
+
+    def __init__(self, name: str) -> None:
+        body = _read(name)
+        parts = [_read("prelude")] + [_read(inc) for inc in INCLUDE_RE.findall(body)]
+        self.name = name
+        self.source = "\n".join([*parts, INCLUDE_RE.sub("", body)])
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"<Lua {self.name}>"
+
+    def __call__(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run the script now (``client``: a Redis client, not a pipeline)."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        """Add a call to ``pipe`` (run it with ``execute``)."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class Scripts:
+    """Every script, loaded by name: ``scripts.start(client, keys, args)``."""
+
+    def __init__(self) -> None:
+        self._all = {p.stem: Lua(p.stem) for p in SCRIPTS.glob("*.lua")
+                     if p.stem not in ("prelude", "wake")}
+
+    def __getattr__(self, name: str) -> Lua:
+        try:
+            return self._all[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def load_all(self, client: Any) -> None:
+        for script in self._all.values():
+            client.script_load(script.source)
+
+    def by_sha(self, sha: str) -> Lua | None:
+        return next((s for s in self._all.values() if s.sha == sha), None)
+
+
+def execute(pipe: Any, scripts: Scripts, client: Any) -> list[Any]:
+    """Execute ``pipe``; commands refused with ``NOSCRIPT`` are run again after the
+    scripts are loaded. Other errors are raised as redis-py would."""
+    commands = list(getattr(pipe, "command_stack", []))
+    results = pipe.execute(raise_on_error=False)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        scripts.load_all(client)
+        again = client.pipeline(transaction=False)
+        for i in missing:
+            args = commands[i].args if hasattr(commands[i], "args") else commands[i][0]
+            again.execute_command(*args)
+        for i, value in zip(missing, again.execute(raise_on_error=False), strict=True):
+            results[i] = value
+    for value in results:
+        if isinstance(value, Exception):
+            raise value
+    return list(results)

@@ -1,0 +1,37 @@
+-- Store a chunk of events and create the runs they start, each unless it exists (run ids
+-- are deterministic: this is the SET NX that makes a re-sent event, a replayed send_event
+-- or two beats start one run). One call per chunk keeps the fan-out to one round trip.
+-- KEYS: 1 dispatch, 2 events index, then one key per event (its record), then three per
+--       run (run, function_runs, event_runs)
+-- ARGV: 1 now_ms, 2 dispatch_deadline_ms, 3 keep_events_ms, 4 event count, then per event
+--       (id, json), then per run (run_id, meta json, events json)
+-- Returns, per run, 1 if this call created it, else 0.
+local now, deadline, keep = ARGV[1], ARGV[2], ARGV[3]
+local events = tonumber(ARGV[4])
+local a = 5
+for i = 1, events do
+  redis.call('SET', KEYS[2 + i], ARGV[a + 1], 'NX', 'PX', keep)
+  redis.call('ZADD', KEYS[2], 'NX', now, ARGV[a])
+  a = a + 2
+end
+local out = {}
+local k = 3 + events
+local i = 1
+while a <= #ARGV do
+  local run_id = ARGV[a]
+  if redis.call('EXISTS', KEYS[k]) == 1 then
+    out[i] = 0
+  else
+    redis.call('HSET', KEYS[k], 'status', 'queued', 'created_at', now, 'attempt', '0',
+               'meta', ARGV[a + 1], 'events', ARGV[a + 2])
+    redis.call('ZADD', KEYS[1], deadline, run_id)
+    redis.call('ZADD', KEYS[k + 1], now, run_id)
+    redis.call('SADD', KEYS[k + 2], run_id)
+    redis.call('PEXPIRE', KEYS[k + 2], keep)
+    out[i] = 1
+  end
+  a = a + 3
+  k = k + 3
+  i = i + 1
+end
+return out

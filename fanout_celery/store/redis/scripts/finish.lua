@@ -1,0 +1,13 @@
+-- Mark a run final, fenced by the lease token; it expires after the retention.
+-- KEYS: 1 run, 2 steps, 3 leases, 4 timers
+-- ARGV: 1 run_id, 2 token, 3 status, 4 retention_ms, 5.. field, value pairs
+-- Returns 1, or 0 when the lease is lost.
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[3])
+if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+redis.call('HDEL', KEYS[1], 'lease', 'lease_exp', 'wake_at', 'cancel')
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1

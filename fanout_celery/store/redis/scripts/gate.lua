@@ -1,0 +1,43 @@
+-- Take concurrency slots (and pass the throttle) before a run's execution starts.
+-- KEYS: 1 run, 2 timers, 3 throttle key (or any key), 4 registry of waiting queues,
+--       then (slots, queue) per concurrency limit
+-- ARGV: 1 run_id, 2 now_ms, 3 slot expiry ms, 4 throttle emission interval ms ('' = none),
+--       5 throttle tolerance ms, 6 queue score, then (limit, registry entry) per limit
+-- Returns {'ok'}, {'wait'} (queued for a slot) or {'later', when_ms} (throttled).
+local now = tonumber(ARGV[2])
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or is_final(status) then return {'ok'} end
+local wake = redis.call('HGET', KEYS[1], 'wake_at')
+if wake and wake ~= '' and tonumber(wake) > now then return {'ok'} end
+local n = (#ARGV - 6) / 2
+for i = 1, n do
+  local slots, queue = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local limit = tonumber(ARGV[5 + 2 * i])
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  if not redis.call('ZSCORE', slots, ARGV[1]) and redis.call('ZCARD', slots) >= limit then
+    redis.call('ZADD', queue, 'NX', ARGV[6], ARGV[1])
+    redis.call('HSET', KEYS[4], queue, ARGV[6 + 2 * i])
+    -- A slot reserved for this run in another limit (by release) is given back; the
+    -- pump's reconcile starts whoever waits for it.
+    for j = 1, n do
+      if j ~= i then redis.call('ZREM', KEYS[3 + 2 * j], ARGV[1]) end
+    end
+    return {'wait'}
+  end
+end
+if ARGV[4] ~= '' and redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then
+  local interval, tolerance = tonumber(ARGV[4]), tonumber(ARGV[5])
+  local tat = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if tat < now then tat = now end
+  local allow_at = tat - tolerance
+  if now < allow_at then
+    redis.call('HSET', KEYS[1], 'wake_at', allow_at)
+    redis.call('ZADD', KEYS[2], allow_at, ARGV[1])
+    return {'later', tostring(allow_at)}
+  end
+  redis.call('SET', KEYS[3], tostring(tat + interval), 'PX',
+             tostring(tolerance + 2 * interval + 1000))
+end
+for i = 1, n do redis.call('ZADD', KEYS[3 + 2 * i], ARGV[3], ARGV[1]) end
+for i = 1, n do redis.call('ZREM', KEYS[4 + 2 * i], ARGV[1]) end
+return {'ok'}
