@@ -107,7 +107,7 @@ def _side(b: Bench, worker: FlowWorker, function_id: str, n: int) -> dict[str, f
                  for i in range(n)])
     deadline = time.monotonic() + 60 + n * 0.1
     # Done when every step body ran and no run still holds a lease (each has finished).
-    while int(r.get(done_key(tag)) or 0) < n or store.client.zcard(store.keys.leases):
+    while int(r.get(done_key(tag)) or 0) < n or store.count("leases"):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{function_id}: {r.get(done_key(tag))} of {n} runs done")
         if worker.proc is None or worker.proc.poll() is not None:

@@ -121,7 +121,7 @@ class Bench:
     def wait_runs_settled(self, timeout: float = 60.0) -> None:
         """Until no run holds a lease (every started run finished or parked)."""
         store = self.fanout.store
-        self.poll("runs to settle", lambda: store.client.zcard(store.keys.leases) == 0, timeout)
+        self.poll("runs to settle", lambda: store.count("leases") == 0, timeout)
 
     def reset_state(self) -> None:
         """Empty the state Redis (runs of figure 1 that no worker will execute)."""

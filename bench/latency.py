@@ -8,8 +8,8 @@ import statistics
 import time
 from datetime import UTC, datetime
 
-from fanout_celery.events import derived_id
-from fanout_celery.execution import run_attempt
+from fanout_celery.model.events import derived_id
+from fanout_celery.runtime import run_attempt
 
 from .harness import Bench, count, ms, percentile, us
 from .probes import RoundTrips, script_names
@@ -24,7 +24,7 @@ def fig_replay(b: Bench) -> None:
              "executed in this process with its requests to the state Redis counted "
              f"({repeats} runs)")
     fanout = b.fanout
-    definition = fanout.functions["bench-replay"]
+    definition = fanout.functions["bench-replay"].definition
     probe = RoundTrips(fanout.store.client, script_names(fanout.store))
     nap = 0.2
     run_ids, first = [], []
@@ -35,7 +35,7 @@ def fig_replay(b: Bench) -> None:
         probe.requests.clear()
         with probe.counting():
             started = time.perf_counter()
-            status = run_attempt(fanout, definition, run_ids[-1])
+            status = run_attempt(fanout.services, definition, run_ids[-1])
             first.append(time.perf_counter() - started)
         if status != "sleeping":
             raise RuntimeError(f"the first attempt ended {status}, expected sleeping")
@@ -49,11 +49,11 @@ def fig_replay(b: Bench) -> None:
     refresh = f"HGETALL {fanout.store.keys.subscriptions}"
     replays, trips, most, refreshes = [], [], "", 0
     for run_id in run_ids:
-        fanout.router.all()
+        fanout.engine.router.all()
         probe.requests.clear()
         with probe.counting():
             started = time.perf_counter()
-            status = run_attempt(fanout, definition, run_id)
+            status = run_attempt(fanout.services, definition, run_id)
             replays.append(time.perf_counter() - started)
         if status != "completed":
             raise RuntimeError(f"the replay ended {status}, expected completed")

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from fanout_celery.embedded import EmbeddedRedis
+from fanout_celery.devtools.embedded import EmbeddedRedis
 
 from .harness import FULL, QUICK, Bench, Row
 from .probes import RedisInfo, machine

@@ -80,13 +80,11 @@ class RoundTrips:
 
 
 def script_names(store: Any) -> dict[str, str]:
-    """sha -> name of the store's Lua scripts (attributes holding a registered Script)."""
-    names = {}
-    for attr, value in vars(store).items():
-        sha = getattr(value, "sha", None)
-        if isinstance(sha, str) and sha:
-            names[sha] = "EVALSHA " + attr.lstrip("_").upper()
-    return names
+    """sha -> name of the Redis store's Lua scripts."""
+    from fanout_celery.store.redis.lua import SCRIPTS, Lua
+
+    return {Lua(p.stem).sha: "EVALSHA " + p.stem.upper() for p in SCRIPTS.glob("*.lua")
+            if p.stem not in ("prelude", "wake")}
 
 
 class RedisInfo:

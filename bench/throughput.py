@@ -10,8 +10,8 @@ import time
 
 from celery import group
 
-from fanout_celery.events import derived_id
-from fanout_celery.execution import run_attempt
+from fanout_celery.model.events import derived_id
+from fanout_celery.runtime import run_attempt
 
 from .harness import Bench, count, mib, ms, ratio, seconds, us
 from .probes import RoundTrips, script_names
@@ -101,12 +101,12 @@ def _inproc_round_trips(b: Bench) -> dict[str, object]:
     """One ten-step run executed in this process, counting its requests to the state
     Redis exactly. A first run warms up connections and scripts."""
     fanout = b.fanout
-    definition = fanout.functions["bench-inproc"]
+    definition = fanout.functions["bench-inproc"].definition
     probe = RoundTrips(fanout.store.client, script_names(fanout.store))
     tag = b.tag()
     for _ in range(2):
         probe.requests.clear()
-        fanout.router.all()  # the subscription cache is refreshed at most once a second
+        fanout.engine.router.all()  # the subscription cache is refreshed at most once a second
         with probe.counting():
             event_id = fanout.send({"name": "bench/inproc", "data": {"tag": tag}})[0]
         send_requests = list(probe.requests)
@@ -114,7 +114,7 @@ def _inproc_round_trips(b: Bench) -> dict[str, object]:
         run_id = derived_id("bench-inproc", event_id)
         with probe.counting():
             started = time.perf_counter()
-            status = run_attempt(fanout, definition, run_id)
+            status = run_attempt(fanout.services, definition, run_id)
             elapsed = time.perf_counter() - started
     if status != "completed":
         raise RuntimeError(f"in-process run ended {status}")

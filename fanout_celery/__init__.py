@@ -20,6 +20,7 @@ from .errors import (
 )
 from .fanout import Fanout
 from .integration.task import Function
+from .model.cancellation import CancelOn, Timeouts
 from .model.events import Event
 from .model.flowcontrol import (
     Batch,
@@ -31,7 +32,6 @@ from .model.flowcontrol import (
     Throttle,
 )
 from .model.middleware import Middleware
-from .model.options import CancelOn, Timeouts
 from .model.retry import RetryPolicy
 from .model.runs import Run, RunNode, StepRecord
 from .model.typed import EventType

@@ -29,11 +29,11 @@ from .integration.bootsteps import PumpStep
 from .integration.publisher import CeleryBroker
 from .integration.reconnect import GuardReconnectStep
 from .integration.task import Function, register
+from .model.cancellation import CancelOn, Timeouts
 from .model.definition import FunctionDef, Subscription, declare
 from .model.durations import instant_ms
 from .model.events import now_ms
 from .model.middleware import Chain, Middleware
-from .model.options import CancelOn, Timeouts
 from .model.records import FINAL
 from .model.retry import RetryPolicy
 from .model.runs import Run, RunNode
@@ -256,7 +256,7 @@ class Fanout:
             raise UnknownFunctionError(f"expected a fanout function or its id, got {function!r}")
         sub = self.engine.router.get(fid)
         if sub is None:
-            raise UnknownFunctionError(f"no function with id {fid!r} is declared or published")
+            raise UnknownFunctionError(f"no function {fid!r} is declared or published")
         return sub
 
     # -- runs -------------------------------------------------------------------------

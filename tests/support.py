@@ -38,3 +38,16 @@ def only_run(fanout: Any, event_id: str, timeout: float = 20.0) -> Any:
     """The one run ``event_id`` started, once it exists."""
     [run] = wait_until(lambda: fanout.runs_for_event(event_id), timeout)
     return run
+
+
+def publish_run(fanout: Any, run_id: str, task: str, queue: str = "",
+                event_name: str = "") -> None:
+    """Put a run's task message on the broker again, as a duplicate delivery would."""
+    from fanout_celery.model.records import Route, RunMessage
+
+    fanout.engine.broker.publish([RunMessage(run_id, Route(task, queue, event_name))])
+
+
+def run_ids_of(fanout: Any, function_id: str) -> list[str]:
+    """The ids of a function's runs, newest first."""
+    return [run.id for run in fanout.list_runs(function=function_id, limit=1000).runs]

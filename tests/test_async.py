@@ -15,7 +15,7 @@ import pytest
 from procs import wait_for
 
 from fanout_celery import Fanout, RetryPolicy, StepError
-from fanout_celery.events import derived_id
+from fanout_celery.model.events import derived_id
 
 pytestmark = pytest.mark.integration
 

@@ -192,8 +192,8 @@ def test_a_duplicate_function_id_is_rejected_and_the_first_is_kept(app, fanout,
         @fanout.function("dup", event="app/b")
         def second(ctx):
             return None
-    assert fanout.tasks["dup"] is first
-    assert fanout.functions["dup"].events == ("app/a",)
+    assert fanout.functions["dup"] is first
+    assert fanout.functions["dup"].definition.events == ("app/a",)
 
 
 @pytest.mark.parametrize("retries, message", [
@@ -405,7 +405,7 @@ def test_fanout_needs_a_redis_url_when_the_broker_is_not_redis(redis_url_setting
 
 
 @pytest.mark.parametrize("target, message", [
-    ("missing", r"no function with id 'missing' is declared or published"),
+    ("missing", r"no function 'missing' is declared or published"),
     (_no_args, r"expected a fanout function or its id"),
     (None, r"expected a fanout function or its id"),
 ])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from procs import REPO_ROOT, wait_for, worker_process
 
-from fanout_celery.events import SCHEDULED_TIMER
+from fanout_celery.model.events import SCHEDULED_TIMER
 
 APP = "tests.apps.cron_app"
 

@@ -437,7 +437,7 @@ def test_replay_event_id_starts_new_runs_of_every_subscriber(app, fanout, worker
         replayed = finish_all(fanout, [new_id])
 
     assert new_id != original
-    stored = fanout.store.get_event(new_id)
+    stored = fanout.get_event(new_id)
     assert stored is not None
     assert stored["replay_of"] == original
     assert (stored["name"], stored["data"]) == ("app/order", {"order": 7})
@@ -469,7 +469,7 @@ def test_replay_by_name_since_replays_only_the_recent_events_of_that_name(
         finish_all(fanout, new_ids)
 
     # Oldest first, as they were first sent.
-    assert [fanout.store.get_event(eid)["replay_of"] for eid in new_ids] == recent
+    assert [fanout.get_event(eid)["replay_of"] for eid in new_ids] == recent
     assert order_functions["bill"] == [{"order": 1}, {"order": 2}, {"order": 3},
                                        {"order": 2}, {"order": 3}]
 
@@ -648,7 +648,7 @@ def test_replaying_a_library_event_is_refused_cleanly(app, fanout):
         return None
 
     run = fanout.get_run(fanout.invoke("known"))  # triggered by fanout/function.invoked
-    events_before = fanout.store.client.zcard(fanout.store.keys.events)
+    events_before = fanout.store.count("events")
 
     by_id = cli(app, "replay", run.event_ids[0])
     by_name = cli(app, "replay", "--name", "fanout/function.invoked")
@@ -657,7 +657,7 @@ def test_replaying_a_library_event_is_refused_cleanly(app, fanout):
         assert result.exit_code == 1
         assert isinstance(result.exception, SystemExit), f"crashed: {result.exception!r}"
         assert "reserved for the library" in result.output
-    assert fanout.store.client.zcard(fanout.store.keys.events) == events_before
+    assert fanout.store.count("events") == events_before
     assert [r["RUN"] for r in table(ok(app, "runs"))] == [run.id]
 
 

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from fanout_celery import ConfigurationError
-from fanout_celery.cron import check_missed, due_slots, next_fire_times, parse_cron
+from fanout_celery.model.cron import check_missed, due_slots, next_fire_times, parse_cron
 
 UTC = ZoneInfo("UTC")
 PARIS = ZoneInfo("Europe/Paris")

@@ -17,8 +17,8 @@ import redis
 pytest.importorskip("django")
 pytest.importorskip("django_celery_beat")
 
-from fanout_celery.events import derived_id  # noqa: E402
-from fanout_celery.store.keys import Keys  # noqa: E402
+from fanout_celery.model.events import derived_id  # noqa: E402
+from fanout_celery.store.redis.keys import Keys  # noqa: E402
 from fanout_celery.testing import run_function  # noqa: E402
 
 pytestmark = pytest.mark.integration

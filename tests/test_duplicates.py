@@ -20,6 +20,7 @@ import redis
 from celery import Celery
 from celery.signals import task_postrun
 from procs import wait_for, worker_process
+from support import publish_run, run_ids_of
 
 from fanout_celery import Event, Fanout, RetryPolicy
 
@@ -65,8 +66,8 @@ def test_a_message_published_twice_while_its_run_executes_runs_no_step_twice(
         [event_id] = fanout.send(Event(name="app/dup.busy"))
         [run] = fanout.runs_for_event(event_id)
         assert entered.wait(20)
-        fanout.publish_run(run.id, busy.name, "", "app/dup.busy")
-        fanout.publish_run(run.id, busy.name, "", "app/dup.busy")
+        publish_run(fanout, run.id, busy.name, "", "app/dup.busy")
+        publish_run(fanout, run.id, busy.name, "", "app/dup.busy")
         wait_for(lambda: outcomes.count("busy") == 2, 20, "both duplicates to back off")
         release.set()
         done = fanout.wait_for_run(run.id, timeout=20)
@@ -77,7 +78,7 @@ def test_a_message_published_twice_while_its_run_executes_runs_no_step_twice(
     assert sorted(outcomes) == ["busy", "busy", "completed"]
     assert all(s.attempts == 1 for s in done.steps)
     assert [r.id for r in fanout.runs_for_event(event_id)] == [run.id]
-    assert fanout.store.recent_runs("dup-busy") == [run.id]
+    assert run_ids_of(fanout, "dup-busy") == [run.id]
 
 
 def test_a_message_sent_again_after_its_run_completed_changes_nothing(
@@ -100,7 +101,7 @@ def test_a_message_sent_again_after_its_run_completed_changes_nothing(
     assert calls == ["only"]
     after = fanout.get_run(run.id)
     assert after == before  # same output, steps and end time
-    assert fanout.store.recent_runs("dup-done") == [run.id]
+    assert run_ids_of(fanout, "dup-done") == [run.id]
 
 
 def test_a_message_delivered_while_its_run_waits_to_retry_a_step_runs_nothing_early(
@@ -124,7 +125,7 @@ def test_a_message_delivered_while_its_run_waits_to_retry_a_step_runs_nothing_ea
         [run] = fanout.runs_for_event(event_id)
         wait_for(lambda: (r := fanout.get_run(run.id)) and r.steps
                  and r.steps[0].status == "retrying", 20, "the step to wait for its retry")
-        fanout.publish_run(run.id, early.name, "", "app/dup.early")
+        publish_run(fanout, run.id, early.name, "", "app/dup.early")
         wait_for(lambda: "early" in outcomes, 20, "the duplicate to find the run not due")
         assert calls == ["flaky"]
         done = fanout.wait_for_run(run.id, timeout=20)
@@ -133,7 +134,7 @@ def test_a_message_delivered_while_its_run_waits_to_retry_a_step_runs_nothing_ea
     assert calls == ["flaky", "flaky", "next"]  # one retry, nothing more
     assert [(s.id, s.attempts) for s in done.steps] == [("flaky", 2), ("next", 1)]
     assert outcomes.count("early") == 1
-    assert fanout.store.recent_runs("dup-early") == [run.id]
+    assert run_ids_of(fanout, "dup-early") == [run.id]
 
 
 def test_a_message_redelivered_after_the_visibility_timeout_runs_no_step_twice(
@@ -164,4 +165,4 @@ def test_a_message_redelivered_after_the_visibility_timeout_runs_no_step_twice(
     outcomes = redis_client.lrange("dup:outcomes", 0, -1)
     assert outcomes.count("completed") == 1 and set(outcomes) == {"busy", "completed"}
     assert all(s.attempts == 1 for s in done.steps)
-    assert fanout.store.recent_runs("dup-hold") == [run_id]
+    assert run_ids_of(fanout, "dup-hold") == [run_id]

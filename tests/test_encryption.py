@@ -79,11 +79,11 @@ def open_with(key: str, value: dict[str, str]) -> Any:
 
 
 def raw_step(client: redis.Redis, fanout: Fanout, run_id: str, step: str) -> dict[str, Any]:
-    return json.loads(client.hget(fanout.store.keys.steps(run_id), step))
+    return json.loads(fanout.store.step_record(run_id, step))
 
 
 def raw_output(client: redis.Redis, fanout: Fanout, run_id: str) -> Any:
-    return json.loads(client.hget(fanout.store.keys.run(run_id), "output"))
+    return json.loads(fanout.store.inspect_run(run_id)["output"])
 
 
 def only_run(fanout: Fanout, event_id: str, function_id: str | None = None):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from support import wait_until
 
-from fanout_celery.tree import RunNode, build_tree
+from fanout_celery import RunNode
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 USERS = 12
@@ -80,7 +80,7 @@ def test_the_example_functions_retry_only_the_email_step_on_an_in_process_worker
     redeclare_example_functions(fanout)
 
     def settled(run_id: str) -> RunNode | None:
-        node = build_tree(fanout, run_id)
+        node = fanout.run_tree(run_id)
         runs = node.walk() if node else []
         return node if len(runs) == USERS + 1 and all(r.finished for r in runs) else None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from support import wait_until
 
 from fanout_celery import Event, RetryPolicy
+from fanout_celery.store.redis.keys import Keys
 
 FAST = RetryPolicy(max_retries=2, backoff=0.05, jitter=0)
 
@@ -88,7 +89,7 @@ def test_the_same_event_id_sent_twice_starts_one_run(app, fanout, worker, redis_
     assert [r.id for r in runs] == [run.id]
     assert done.status == "completed"
     assert calls == [1]
-    assert redis_client.hget(fanout.store.keys.run(run.id), "executions") == "1"
+    assert fanout.get_run(run.id).executions == 1
 
 
 def test_a_handler_retried_after_send_event_does_not_send_again(app, fanout, worker):
@@ -159,11 +160,10 @@ def test_an_event_without_subscribers_is_stored_and_starts_nothing(app, fanout, 
     assert len(set(ids)) == 3
     for n, event_id in enumerate(ids):
         assert fanout.runs_for_event(event_id) == []
-        stored = fanout.store.get_event(event_id)
+        stored = fanout.get_event(event_id)
         assert stored["name"] == "app/nobody.listens"
         assert stored["data"] == {"n": n}
-    keys = fanout.store.keys
-    assert redis_client.zcard(keys.dispatch) == 0
-    assert redis_client.zcard(keys.timers) == 0
-    assert redis_client.keys(keys.run("*")) == []
-    assert redis_client.zcard(keys.function_runs("unrelated")) == 0
+    assert fanout.store.count("dispatch") == 0
+    assert fanout.store.count("timers") == 0
+    assert redis_client.keys(Keys(fanout.settings.key_prefix).run("*")) == []
+    assert fanout.store.function_run_ids(["unrelated"]) == []

@@ -38,10 +38,9 @@ from fanout_celery import (
     Singleton,
     Throttle,
 )
-from fanout_celery.events import derived_id
-from fanout_celery.flowcontrol import key_value
-from fanout_celery.history import list_runs
-from fanout_celery.store.flow import SlotSet
+from fanout_celery.model.events import derived_id
+from fanout_celery.model.flowcontrol import key_value
+from fanout_celery.store.port import SlotSet
 
 pytestmark = pytest.mark.integration
 
@@ -126,9 +125,9 @@ def wait_all(fanout: Fanout, function_id: str, event_ids: list[str],
             for eid in event_ids]
 
 
-def queue_key(fanout: Fanout, function_id: str, path: str, event: dict[str, Any]) -> str:
-    """The Redis wait queue of a function's concurrency key (runs waiting for a slot)."""
-    return fanout.flow_store.flow_key("queue", function_id, key_value(path, event))
+def queued(fanout: Fanout, function_id: str, path: str, event: dict[str, Any]) -> list[str]:
+    """The runs waiting for a slot of a function's concurrency key."""
+    return fanout.store.slot_state(SlotSet(function_id, key_value(path, event), 1))[1]
 
 
 # -- concurrency ------------------------------------------------------------------------
@@ -276,10 +275,10 @@ def test_rate_limit_skips_excess_runs_per_key_and_keeps_their_events(
         else:
             assert fanout.wait_for_run(run.id, timeout=10).status == "completed"
     # Every event is stored, skipped or not.
-    assert all(fanout.store.get_event(eid) is not None for eid in event_ids)
+    assert all(fanout.get_event(eid) is not None for eid in event_ids)
     # Skipped runs are in the function's history and were never executed.
-    skipped = {run.id for run in list_runs(fanout, function="flow-rate", status="skipped",
-                                           limit=100).runs}
+    skipped = {run.id for run in fanout.list_runs(function="flow-rate", status="skipped",
+                                              limit=100).runs}
     assert {run.id for run in runs if run.status == "skipped"} <= skipped
     assert len(bodies(r, tag)) == 4
 
@@ -392,8 +391,9 @@ def test_higher_priority_runs_start_first_from_a_backlog(
     priorities = [1, 5, -3, 10, 0, 2, 7, -8, 3, 600]
     event_ids = send(fanout, "flow/priority", tag,
                      [{"label": str(p), "priority": p} for p in priorities])
-    waiting = queue_key(fanout, "flow-priority", "data.tag", {"data": {"tag": tag}})
-    wait_for(lambda: r.zcard(waiting) == len(priorities), 10, "the backlog to queue up")
+    event = {"data": {"tag": tag}}
+    wait_for(lambda: len(queued(fanout, "flow-priority", "data.tag", event)) == len(priorities),
+             10, "the backlog to queue up")
     r.set(release, 1)
     wait_all(fanout, "flow-priority", event_ids)
 
@@ -412,8 +412,9 @@ def test_a_run_cancelled_while_waiting_for_a_slot_passes_the_slot_on(
     wait_for(lambda: starts(r, tag), 10, "the blocker to hold the only slot")
     cancelled, waiting = send(fanout, "flow/priority", tag, [
         {"label": "cancelled", "priority": 2}, {"label": "waiting", "priority": 1}])
-    queue = queue_key(fanout, "flow-priority", "data.tag", {"data": {"tag": tag}})
-    wait_for(lambda: r.zcard(queue) == 2, 10, "both runs to wait for the slot")
+    event = {"data": {"tag": tag}}
+    wait_for(lambda: len(queued(fanout, "flow-priority", "data.tag", event)) == 2, 10,
+             "both runs to wait for the slot")
     assert fanout.cancel(derived_id("flow-priority", cancelled)) == "cancelled"
     r.set(release, 1)
 
@@ -422,57 +423,6 @@ def test_a_run_cancelled_while_waiting_for_a_slot_passes_the_slot_on(
     log = {b["label"].split("/")[1]: b for b in bodies(r, tag)}
     assert "cancelled" not in log
     assert log["waiting"]["start"] - log["blocker"]["end"] < 1.0
-
-
-# -- the slot store, driven directly --------------------------------------------------
-def slot_set(fanout: Fanout, tag: str, name: str, limit: int = 1) -> SlotSet:
-    fs = fanout.flow_store
-    return SlotSet(slots=fs.flow_key("slots", name, tag), queue=fs.flow_key("queue", name, tag),
-                   limit=limit)
-
-
-def queued_runs(r: redis.Redis, fanout: Fanout, *names: str) -> list[str]:
-    for name in names:
-        r.hset(fanout.store.keys.run(name), "status", "queued")
-    return list(names)
-
-
-def test_a_woken_run_has_its_slot_reserved_until_it_starts(
-        fanout: Fanout, r: redis.Redis, tag: str) -> None:
-    # Regression: a run woken from the wait queue did not count against the limit until
-    # its own gate, so a second release (a duplicate message of a finished run) or the
-    # pump's reconcile in between woke the next run as well, out of priority order.
-    fs, limit1 = fanout.flow_store, [slot_set(fanout, tag, "one")]
-    a, b, c = queued_runs(r, fanout, f"{tag}-a", f"{tag}-b", f"{tag}-c")
-    now = int(time.time() * 1000)
-    assert fs.gate(a, now, now + 10_000, limit1, None, 1)[0] == "ok"
-    assert fs.gate(b, now, now + 10_000, limit1, None, 2)[0] == "wait"
-    assert fs.gate(c, now, now + 10_000, limit1, None, 3)[0] == "wait"
-
-    assert fs.release(a, limit1, now, now + 300_000, now + 10_000) == [b]
-    assert fs.release(a, limit1, now, now + 300_000, now + 10_000) == []  # a duplicate
-    assert fs.release("", limit1, now, now + 300_000, now + 10_000) == []  # a reconcile
-    assert fs.gate(b, now, now + 10_000, limit1, None, 2)[0] == "ok"
-    assert r.zrange(limit1[0].slots, 0, -1) == [b]
-    assert r.zrange(limit1[0].queue, 0, -1) == [c]
-
-
-def test_a_woken_run_that_must_wait_for_another_limit_gives_its_reservation_back(
-        fanout: Fanout, r: redis.Redis, tag: str) -> None:
-    fs = fanout.flow_store
-    first, second = slot_set(fanout, tag, "first"), slot_set(fanout, tag, "second")
-    holder, other, run = queued_runs(r, fanout, f"{tag}-h", f"{tag}-o", f"{tag}-r")
-    now = int(time.time() * 1000)
-    assert fs.gate(holder, now, now + 10_000, [second], None, 1)[0] == "ok"
-    assert fs.gate(run, now, now + 10_000, [first, second], None, 2)[0] == "wait"
-    assert fs.gate(other, now, now + 10_000, [first], None, 3)[0] == "ok"
-    # The holder ends: run is woken into the second limit, but the first one is full now.
-    assert fs.release(holder, [second], now, now + 300_000, now + 10_000) == [run]
-    assert r.zrange(second.slots, 0, -1) == [run]
-
-    assert fs.gate(run, now, now + 10_000, [first, second], None, 2)[0] == "wait"
-    assert r.zcard(second.slots) == 0
-    assert r.zrange(first.queue, 0, -1) == [run]
 
 
 # -- singleton --------------------------------------------------------------------------
@@ -621,7 +571,7 @@ def test_flow_control_accepts_durations_and_an_int_concurrency(declaring: Fanout
         throttle=Throttle(10, timedelta(minutes=1), burst=2, key="event.data.user_id"),
         rate_limit=RateLimit(100, "1h"), priority=Priority(run="event.data.priority"),
         idempotency="event.data.cart_id")(handler)
-    flow = declaring.functions[fn.function_id].flow
+    flow = declaring.functions[fn.function_id].definition.flow
     assert flow.concurrency == (Concurrency(3),)
     assert flow.throttle is not None and flow.throttle.period == 60.0
     assert flow.throttle.key == "data.user_id"

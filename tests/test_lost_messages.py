@@ -37,4 +37,4 @@ def test_a_run_whose_message_was_lost_before_it_started_is_published_again(
     assert done.status == "completed"
     assert calls == [1]
     # Started: no longer covered, so nothing publishes it again.
-    assert redis_client.zscore(fanout.store.keys.dispatch, run.id) is None
+    assert fanout.store.indexes_of(run.id)["dispatch"] is None

@@ -139,7 +139,7 @@ def test_transform_output_nests_in_order_and_transform_input_unwraps_in_reverse(
 
     assert done.status == "completed"
     # Stored: B's layer outside A's. Read back: B unwraps first, then A.
-    stored = json.loads(redis_client.hget(fanout.store.keys.steps(done.id), "s"))
+    stored = json.loads(fanout.store.step_record(done.id, "s"))
     assert stored["output"] == {"B": {"A": {"n": 1}}}
     assert done.output == {"B": {"A": "done"}}
     assert seen == [{"n": 1}, {"n": 1}]  # first run (not transformed) and replay

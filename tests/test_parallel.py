@@ -17,8 +17,7 @@ from celery import current_task
 from procs import wait_for, worker_process
 
 from fanout_celery import Fanout, NonRetriableError, RetryPolicy, StepError
-from fanout_celery.events import derived_id
-from fanout_celery.tree import build_tree, format_tree
+from fanout_celery.model.events import derived_id
 
 pytestmark = pytest.mark.integration
 
@@ -392,7 +391,7 @@ def test_the_run_tree_shows_the_branch_runs_under_the_group_step(app, fanout: Fa
         try:
             wait_for(two_joined, 20, "branches 0 and 2 to finish")
             # While branch 1 still runs, every branch is under the group.
-            during = build_tree(fanout, run_id)
+            during = fanout.run_tree(run_id)
             assert during is not None
             assert branches_of(during) == [
                 (expected_ids[0], "group[0]", "completed"),
@@ -402,13 +401,13 @@ def test_the_run_tree_shows_the_branch_runs_under_the_group_step(app, fanout: Fa
             release.set()
         fanout.wait_for_run(run_id, timeout=20)
 
-    tree = build_tree(fanout, run_id)
+    tree = fanout.run_tree(run_id)
     assert tree is not None and tree.run.output == ["a", "b", "c"]
     assert branches_of(tree) == [(expected_ids[i], f"group[{i}]", "completed")
                                  for i in range(3)]
     assert [kid.run.steps[0].id for kid in tree.children["group"]] == ["a", "b", "c"]
     assert {r.id for r in tree.walk()} == {run_id, *expected_ids}
-    lines = format_tree(tree).splitlines()
+    lines = tree.format().splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("├─ step group "))
     under = [line.lstrip("│ ") for line in lines[at + 1:at + 7]]
     assert [line.split()[:2] for line in under[::2]] == \

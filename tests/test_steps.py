@@ -62,7 +62,7 @@ def test_consecutive_steps_run_back_to_back_in_one_celery_task(app, fanout, work
     assert run.output == 10
     assert len(run.steps) == 5
     assert tasks == [run_id]
-    assert redis_client.hget(fanout.store.keys.run(run_id), "executions") == "1"
+    assert fanout.get_run(run_id).executions == 1
 
 
 def test_a_step_returns_the_same_value_first_time_and_on_replay(app, fanout, worker):
@@ -122,7 +122,7 @@ def test_a_nested_step_fails_the_run_without_retries(app, fanout, worker, redis_
     assert "inner" in run.error["message"]
     assert run.attempt == 0
     assert outer_calls == [1]
-    assert redis_client.hget(fanout.store.keys.run(run_id), "executions") == "1"
+    assert fanout.get_run(run_id).executions == 1
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ from fanout_celery import (
     RetryPolicy,
     StepError,
 )
-from fanout_celery.events import SCHEDULED_TIMER, derived_id
+from fanout_celery.model.events import SCHEDULED_TIMER, derived_id
 from fanout_celery.testing import (
     TIMED_OUT,
     StubError,
@@ -93,7 +93,7 @@ def test_the_invalid_address_fails_at_once_with_non_retriable_error():
 
 def test_the_failure_event_feeds_the_on_failure_function():
     failed = run_function(send_reminder, email_event(KEN), steps={"load-user-data": WEEK})
-    on_failure = functions.fanout.tasks["weekly-activity-send-email-failure"]
+    on_failure = functions.fanout.functions["weekly-activity-send-email-failure"]
 
     handled = run_function(on_failure, failed.lifecycle_event, steps={"mark-bouncing": None})
 

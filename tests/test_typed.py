@@ -206,7 +206,7 @@ def test_an_invalid_typed_event_from_send_event_fails_the_run_and_sends_nothing(
     assert done.error["type"] == "InvalidEventError"
     assert "user.id" in done.error["message"]
     assert done.steps == []
-    assert redis_client.zcard(fanout.store.keys.function_runs("weekly-email")) == 0
+    assert fanout.store.function_run_ids(["weekly-email"]) == []
 
 
 def test_invalid_data_from_a_process_without_the_type_fails_the_run_at_ctx_data(

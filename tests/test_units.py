@@ -17,11 +17,11 @@ from fanout_celery import (
     RetryAfterError,
     RetryPolicy,
 )
-from fanout_celery.cron import parse_cron
-from fanout_celery.events import dumps, now_ms, prepare, prepare_batch, resolve_path
-from fanout_celery.retry import retry_at_ms
-from fanout_celery.routing import check_pattern, matches
-from fanout_celery.settings import Settings, redact_url
+from fanout_celery.model.cron import parse_cron
+from fanout_celery.model.events import dumps, now_ms, prepare, prepare_batch
+from fanout_celery.model.patterns import check_pattern, matches, resolve_path
+from fanout_celery.model.retry import retry_at_ms
+from fanout_celery.model.settings import Settings, redact_url
 
 LIMIT = 512 * 1024
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from celery import Celery
 from procs import wait_for, worker_process
-from support import configure_app
+from support import configure_app, run_ids_of
 
 from fanout_celery import (
     CancelOn,
@@ -27,9 +27,8 @@ from fanout_celery import (
     StepError,
     Timeouts,
 )
-from fanout_celery.durations import parse_duration
-from fanout_celery.events import FUNCTION_CANCELLED, FUNCTION_INVOKED, derived_id
-from fanout_celery.tree import build_tree
+from fanout_celery.model.durations import parse_duration
+from fanout_celery.model.events import FUNCTION_CANCELLED, FUNCTION_INVOKED, derived_id
 
 pytestmark = pytest.mark.integration
 
@@ -63,20 +62,20 @@ def step_of(run, step_id: str):
 
 
 def raw_step(fanout: Fanout, run_id: str, step_id: str) -> dict:
-    return json.loads(fanout.store.client.hget(fanout.store.keys.steps(run_id), step_id))
+    return json.loads(fanout.store.step_record(run_id, step_id))
 
 
 def executions(fanout: Fanout, run_id: str) -> int:
     """How many times a worker took the run (one per Celery task that executed it)."""
-    return int(fanout.store.client.hget(fanout.store.keys.run(run_id), "executions") or 0)
+    return int(fanout.store.inspect_run(run_id).get("executions") or 0)
 
 
 def timer_of(fanout: Fanout, run_id: str) -> float | None:
-    return fanout.store.client.zscore(fanout.store.keys.timers, run_id)
+    return fanout.store.indexes_of(run_id)["timer"]
 
 
 def waiters(fanout: Fanout, event_name: str) -> dict[str, str]:
-    return fanout.store.client.hgetall(fanout.store.keys.waits(event_name))
+    return fanout.store.waiters_of(event_name).steps
 
 
 def as_dict(event: Event | None) -> dict | None:
@@ -147,7 +146,7 @@ def test_sleep_parks_the_run_as_sleeping_and_resumes_after_the_duration(app, fan
         wake_ms = raw_step(fanout, run_id, "nap")["wake_at"]
         assert timer_of(fanout, run_id) == wake_ms
         assert int(parked.wake_at.timestamp() * 1000) == wake_ms
-        assert fanout.store.client.zscore(fanout.store.keys.leases, run_id) is None
+        assert fanout.store.indexes_of(run_id)["lease"] is None
         done = fanout.wait_for_run(run_id, timeout=10)
 
     assert done.status == "completed" and done.output == "woke"
@@ -561,7 +560,7 @@ def test_invoke_returns_the_child_output_and_links_the_child_to_its_parent(
 
     @fanout.function("parent", event="app/parent", retries=0)
     def parent(ctx):
-        doubled = ctx.step.invoke("call-child", function=fanout.tasks["child-double"],
+        doubled = ctx.step.invoke("call-child", function=fanout.functions["child-double"],
                                   data={"n": 21}, timeout="30s")
         again = ctx.step.invoke("call-by-id", function="child-double", data={"n": 1})
         return {"doubled": doubled, "again": again}
@@ -570,8 +569,8 @@ def test_invoke_returns_the_child_output_and_links_the_child_to_its_parent(
         [event_id] = fanout.send(Event(name="app/parent"))
         run_id = run_id_of("parent", event_id)
         done = fanout.wait_for_run(run_id, timeout=10)
-        children = [fanout.get_run(c) for c in fanout.store.recent_runs("child-double")]
-        tree = build_tree(fanout, run_id)
+        children = [fanout.get_run(c) for c in run_ids_of(fanout, "child-double")]
+        tree = fanout.run_tree(run_id)
 
     assert done.status == "completed"
     assert done.output == {"doubled": 42, "again": 2}
@@ -605,7 +604,7 @@ def test_a_failed_child_raises_step_error_in_the_parent_which_can_catch_it(
     with worker(app):
         [event_id] = fanout.send(Event(name="app/parent"))
         done = fanout.wait_for_run(run_id_of("parent", event_id), timeout=10)
-        [child_id] = fanout.store.recent_runs("child-fail")
+        [child_id] = run_ids_of(fanout, "child-fail")
         child = fanout.get_run(child_id)
 
     assert child.status == "failed"
@@ -628,7 +627,7 @@ def test_a_child_that_outlives_the_invoke_timeout_raises_step_error(app, fanout,
     with worker(app):
         [event_id] = fanout.send(Event(name="app/parent"))
         done = fanout.wait_for_run(run_id_of("parent", event_id), timeout=10)
-        [child_id] = fanout.store.recent_runs("child-slow")
+        [child_id] = run_ids_of(fanout, "child-slow")
         child_then = fanout.get_run(child_id)
 
     assert done.status == "completed"
@@ -903,7 +902,7 @@ def test_a_matching_cancel_on_event_cancels_a_parked_run_and_another_user_does_n
     assert run.error["type"] == "Cancelled" and deleted in run.error["message"]
     assert timer_of(fanout, run_id) is None
     # The cancel_on entry is gone with the run.
-    assert fanout.store.client.hgetall(fanout.store.keys.cancels(DELETED)) == {}
+    assert fanout.store.waiters_of(DELETED).cancels == {}
 
 
 def test_a_cancel_on_event_after_the_cancel_on_timeout_does_not_cancel(app, fanout, worker):
@@ -923,7 +922,7 @@ def test_a_cancel_on_event_after_the_cancel_on_timeout_does_not_cancel(app, fano
         done = fanout.wait_for_run(run_id, timeout=10)
 
     assert done.status == "completed" and done.output == "woke"
-    assert fanout.store.client.hgetall(fanout.store.keys.cancels(DELETED)) == {}
+    assert fanout.store.waiters_of(DELETED).cancels == {}
 
 
 def test_cancel_on_stops_an_executing_run_at_its_next_step(app, fanout, worker, redis_client):
@@ -966,10 +965,10 @@ def test_a_run_not_started_within_the_start_timeout_is_cancelled(
     # No worker is running: the run stays queued past its start timeout.
     [event_id] = fanout.send(Event(name="app/start"))
     run_id = run_id_of("must-start", event_id)
-    assert fanout.pump_once() == 0 and fanout.get_run(run_id).status == "queued"
+    assert fanout.engine.pump.round() == 0 and fanout.get_run(run_id).status == "queued"
 
     def pumped_cancelled():
-        fanout.pump_once()
+        fanout.engine.pump.round()
         return status_is(fanout, run_id, "cancelled")()
 
     run = wait_for(pumped_cancelled, 5, "the start timeout to cancel the run")
@@ -1017,7 +1016,7 @@ def test_a_run_that_finishes_in_time_is_not_cancelled_by_its_timeouts(app, fanou
         run_id = run_id_of("in-time", event_id)
         done = fanout.wait_for_run(run_id, timeout=10)
         # Both deadlines pass while the worker's pump runs.
-        wait_for(lambda: fanout.store.client.zcard(fanout.store.keys.deadlines) == 0, 10,
+        wait_for(lambda: fanout.store.count("deadlines") == 0, 10,
                  "both deadlines to be claimed")
 
     assert done.status == "completed"

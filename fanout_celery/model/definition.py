@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import ConfigurationError
+from .cancellation import CancelOn, Timeouts, coerce_cancel_on
 from .cron import check_missed, parse_cron
 from .events import FUNCTION_FAILED
 from .flowcontrol import FlowControl
-from .options import CancelOn, Timeouts, coerce_cancel_on
 from .patterns import check_pattern, matches, resolve_path
 from .retry import RetryPolicy
 

@@ -40,17 +40,19 @@ class WaitingSteps:
         ``"7d"``; at most a year). Holds no worker while sleeping."""
         key = self._core.key(step_id)
         seconds = parse_duration(duration, f"sleep {key!r} duration")
-        self._sleep(key, self._core.state.clock() + int(seconds * 1000))
+        now = self._core.state.clock()
+        self._sleep(key, now + int(seconds * 1000), now)
 
     def sleep_until(self, step_id: str, when: datetime) -> None:
         """Park the run until ``when`` (a ``datetime``; naive means UTC)."""
         key = self._core.key(step_id)
         wake = instant_ms(when, f"sleep_until {key!r} time")
-        if wake > self._core.state.clock() + MAX_SECONDS * 1000:
+        now = self._core.state.clock()
+        if wake > now + MAX_SECONDS * 1000:
             raise InvalidStepError(f"sleep_until {key!r}: {when} is more than a year away")
-        self._sleep(key, wake)
+        self._sleep(key, wake, now)
 
-    def _sleep(self, key: str, wake: int) -> None:
+    def _sleep(self, key: str, wake: int, now: int) -> None:
         core = self._core
         x = core.state
         record = core.recorded(key, ("sleep",))
@@ -60,7 +62,6 @@ class WaitingSteps:
         x.replay_done()
         if record is not None:
             wake = int(record["wake_at"])  # the first recorded wake time wins
-        now = x.clock()
         started = int(record["started_at"]) if record else now
         seq = core.seq(record)
         if now >= wake:

@@ -295,6 +295,9 @@ class Store(Protocol):
     def waiting_queues(self) -> list[SlotSet]:
         """Slot sets whose wait queue holds runs."""
 
+    def slot_state(self, slot_set: SlotSet) -> tuple[list[str], list[str]]:
+        """The runs holding a slot of ``slot_set`` and those queued for one, in order."""
+
     def renew_slots(self, entries: Sequence[tuple[str, Sequence[SlotSet]]], exp: int) -> None:
         """Extend the slots of executing runs with their leases."""
 

@@ -23,7 +23,7 @@ import redis
 from procs import WorkerProcess, wait_for, worker_process
 
 from fanout_celery import Fanout
-from fanout_celery.runs import FINAL, Run
+from fanout_celery.model.runs import FINAL, Run
 
 CHAOS_APP = "tests.apps.chaos_app"
 
@@ -136,7 +136,7 @@ def wait_until_final(client: redis.Redis, fanout: Fanout, expected: dict[str, in
                      timeout: float) -> float:
     """Poll until each function of ``expected`` has that many runs, all final; returns
     the seconds it took. On timeout, fails listing the runs that are not final."""
-    keys = fanout.store.keys
+    store = fanout.store
     started = time.monotonic()
     pending: list[tuple[str, str | None]] = []
 
@@ -144,14 +144,11 @@ def wait_until_final(client: redis.Redis, fanout: Fanout, expected: dict[str, in
         nonlocal pending
         pending = []
         for fid, count in expected.items():
-            ids = client.zrange(keys.function_runs(fid), 0, -1)
+            ids = [rid for _, rid in store.function_run_ids([fid])]
             if len(ids) < count:
                 pending.append((f"{fid}: {len(ids)} of {count} runs created", None))
                 continue
-            pipe = client.pipeline(transaction=False)
-            for rid in ids:
-                pipe.hget(keys.run(rid), "status")
-            pending += [(rid, st) for rid, st in zip(ids, pipe.execute(), strict=True)
+            pending += [(rid, st) for rid, st in zip(ids, store.statuses(ids), strict=True)
                         if st not in FINAL]
         return not pending
 
@@ -160,12 +157,9 @@ def wait_until_final(client: redis.Redis, fanout: Fanout, expected: dict[str, in
     except AssertionError:
         now = time.time() * 1000
         details = [
-            f"{rid} {st}: {client.hgetall(keys.run(rid))} due in (s) "
+            f"{rid} {st}: {store.inspect_run(rid)} due in (s) "
             + ", ".join(f"{name} {(score - now) / 1000:.1f}" if score is not None
-                        else f"{name} -" for name, score in (
-                            (n, client.zscore(z, rid)) for n, z in (
-                                ("dispatch", keys.dispatch), ("timers", keys.timers),
-                                ("leases", keys.leases))))
+                        else f"{name} -" for name, score in store.indexes_of(rid).items())
             for rid, st in pending[:10] if st]
         raise AssertionError(
             f"{len(pending)} run(s) not final after {timeout}s (broker queue "
@@ -263,7 +257,7 @@ def audit(fanout: Fanout, client: redis.Redis, event_ids: list[str], *,
             runs.append((child, CHILD_STEPS))
 
     for fid, ids in ((PARENT_FUNCTION, parent_ids), (CHILD_FUNCTION, child_ids)):
-        history = client.zrange(store.keys.function_runs(fid), 0, -1)
+        history = [rid for _, rid in store.function_run_ids([fid])]
         if sorted(history) != sorted(ids) or len(set(ids)) != len(ids):
             problems.append(f"history of {fid} holds {len(history)} runs, "
                             f"expected {len(ids)} ({len(set(history) ^ set(ids))} differ)")

@@ -87,6 +87,13 @@ class MemoryFlow(MemoryBase):
         with self._lock:
             return list(self.registry.values())
 
+    def slot_state(self, slot_set: SlotSet) -> tuple[list[str], list[str]]:
+        with self._lock:
+            taken = self.slots.get(self._slot_key(slot_set), {})
+            queue = self.queues.get(self._slot_key(slot_set), {})
+            return (sorted(taken, key=lambda m: (taken[m], m)),
+                    sorted(queue, key=lambda m: (queue[m], m)))
+
     def renew_slots(self, entries: Sequence[tuple[str, Sequence[SlotSet]]], exp: int) -> None:
         with self._lock:
             for run_id, slot_sets in entries:

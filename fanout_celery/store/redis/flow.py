@@ -57,6 +57,13 @@ class FlowOps(RedisBase):
                 out.append(SlotSet(parts[0], parts[1], int(parts[2])))
         return out
 
+    def slot_state(self, slot_set: SlotSet) -> tuple[list[str], list[str]]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(self.keys.slots(slot_set), 0, -1)
+        pipe.zrange(self.keys.queue(slot_set), 0, -1)
+        holders, queued = pipe.execute()
+        return list(holders), list(queued)
+
     def renew_slots(self, entries: Sequence[tuple[str, Sequence[SlotSet]]], exp: int) -> None:
         pipe = self.client.pipeline(transaction=False)
         for run_id, slot_sets in entries:

@@ -1,0 +1,327 @@
+"""The store port's contract, checked against both implementations: the Redis store on a
+real redis-server, and the in-memory store. Each test drives the verbs directly."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fanout_celery.errors import CancelRequested, LeaseLostError
+from fanout_celery.model.definition import Subscription
+from fanout_celery.model.records import NewRun, Route, new_run
+from fanout_celery.store.memory import MemoryStore
+from fanout_celery.store.port import FlowKey, NotStarted, SlotSet, Started, Store
+from fanout_celery.store.redis import RedisStore, flush_database
+
+SUB = Subscription("contract", ("app/x",), task="fanout.contract", queue="q")
+DAY = 86_400_000
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    url = request.getfixturevalue("redis_server")
+    flush_database(url)
+    redis_store = RedisStore(url, "contract")
+    yield redis_store
+    redis_store.close()
+
+
+def now() -> int:
+    return int(time.time() * 1000)
+
+
+def event(n: int | str, name: str = "app/x", **data: Any) -> dict[str, Any]:
+    return {"name": name, "id": f"ev-{n}", "ts": now(), "data": data}
+
+
+def create(store: Store, *events: dict[str, Any]) -> list[NewRun]:
+    runs = [new_run(SUB, [e]) for e in events]
+    t = now()
+    store.create_runs(runs, list(events), now=t, dispatch_deadline=t + 1000,
+                      keep_events_ms=DAY, lookback_ms=60_000)
+    return runs
+
+
+def started(store: Store, run_id: str, token: str = "t1") -> Started:
+    t = now()
+    result = store.start(run_id, token, now=t, lease_exp=t + 30_000)
+    assert isinstance(result, Started), result
+    return result
+
+
+# -- creating ---------------------------------------------------------------------------
+def test_a_run_is_created_once_per_id(store: Store) -> None:
+    [run] = create(store, event(1))
+    t = now()
+    again = store.create_runs([run], [event(1)], now=t, dispatch_deadline=t,
+                              keep_events_ms=DAY, lookback_ms=0)
+    assert again.created == [False]
+    assert store.runs_for_events(["ev-1"]) == [[run.run_id]]
+    assert store.statuses([run.run_id]) == ["queued"]
+    assert store.dispatches([run.run_id])[0].route == Route("fanout.contract", "q", "app/x")
+
+
+def test_creating_runs_reports_who_waits_for_the_event_names(store: Store) -> None:
+    [run] = create(store, event(1))
+    started(store, run.run_id)
+    record = json.dumps({"status": "waiting", "kind": "wait_for_event"})
+    store.park_waiting(run.run_id, "t1", "w", record, event_name="app/y", waiter_field="f",
+                       waiter='{"path": null}', timeout_at=now() + 60_000, since=0)
+    t = now()
+    created = store.create_runs([], [event(2, name="app/y")], now=t, dispatch_deadline=t,
+                                keep_events_ms=DAY, lookback_ms=60_000)
+    assert [(w.name, w.steps) for w in created.waiters] == [("app/y", {"f": '{"path": null}'})]
+
+
+def test_skipped_runs_are_final_with_their_reason(store: Store) -> None:
+    run = new_run(SUB, [event(3)])
+    store.record_skipped([run], ["rate limit"], now=now(), retention_ms=DAY)
+    raw, _ = store.load_runs([run.run_id])[0]
+    assert raw["status"] == "skipped"
+    assert json.loads(raw["error"])["message"] == "rate limit"
+
+
+# -- one execution ----------------------------------------------------------------------
+def test_start_takes_the_lease_and_a_second_start_finds_it_busy(store: Store) -> None:
+    [run] = create(store, event(1))
+    first = started(store, run.run_id)
+    assert first.run["function"] == "contract" and first.run["status"] == "running"
+    t = now()
+    busy = store.start(run.run_id, "t2", now=t, lease_exp=t + 30_000)
+    assert isinstance(busy, NotStarted) and busy.reason == "busy"
+    assert store.indexes_of(run.run_id)["lease"] is not None
+    assert store.indexes_of(run.run_id)["dispatch"] is None
+
+
+def test_a_missing_run_does_not_start(store: Store) -> None:
+    t = now()
+    assert store.start("nope", "t", now=t, lease_exp=t + 1) == NotStarted("missing")
+
+
+def test_writes_with_a_lost_lease_raise_and_write_nothing(store: Store) -> None:
+    [run] = create(store, event(1))
+    started(store, run.run_id)
+    with pytest.raises(LeaseLostError):
+        store.checkpoint(run.run_id, "other", "s", '{"status": "completed"}',
+                         lease_exp=now() + 1000)
+    assert store.load_steps(run.run_id) == {}
+
+
+def test_a_checkpoint_is_written_before_a_cancel_request_is_raised(store: Store) -> None:
+    [run] = create(store, event(1))
+    started(store, run.run_id)
+    assert store.cancel(run.run_id, now=now(), retention_ms=DAY, error="{}") == "requested"
+    with pytest.raises(CancelRequested):
+        store.checkpoint(run.run_id, "t1", "s", '{"status": "completed"}',
+                         lease_exp=now() + 1000)
+    assert json.loads(store.step_record(run.run_id, "s") or "{}")["status"] == "completed"
+
+
+def test_a_cancel_requested_while_parking_leaves_the_run_running_and_leased(
+        store: Store) -> None:
+    # If the worker dies now, the lease expires and the resumed run sees the request.
+    [run] = create(store, event(1))
+    started(store, run.run_id)
+    store.cancel(run.run_id, now=now(), retention_ms=DAY, error="{}")
+    with pytest.raises(CancelRequested):
+        store.park(run.run_id, "t1", "sleeping", wake_at=now() + 60_000,
+                   step=("nap", '{"status": "sleeping"}'))
+    assert store.statuses([run.run_id]) == ["running"]
+    assert store.indexes_of(run.run_id)["lease"] is not None
+    assert store.indexes_of(run.run_id)["timer"] is None
+
+
+def test_park_with_an_expected_status_returns_the_record_that_changed(store: Store) -> None:
+    [run] = create(store, event(1))
+    started(store, run.run_id)
+    store.checkpoint(run.run_id, "t1", "w", '{"status": "invoking"}', lease_exp=now() + 1000)
+    done = '{"status": "completed", "output": 1}'
+    resolution = store.resolve(run.run_id, "w", "invoking", done, deadline=now())
+    assert resolution.outcome == "executing"
+    assert store.park(run.run_id, "t1", "waiting", wake_at=None,
+                      expect=("w", "invoking")) == done
+    assert store.statuses([run.run_id]) == ["running"]
+
+
+def test_a_parked_run_is_woken_by_a_resolution(store: Store) -> None:
+    [run] = create(store, event(1))
+    started(store, run.run_id)
+    store.checkpoint(run.run_id, "t1", "w", '{"status": "invoking"}', lease_exp=now() + 1000)
+    assert store.park(run.run_id, "t1", "waiting", wake_at=now() + 60_000,
+                      expect=("w", "invoking")) is None
+    resolution = store.resolve(run.run_id, "w", "invoking", '{"status": "completed"}',
+                               deadline=now())
+    assert resolution.outcome == "woken" and resolution.route is not None
+    assert resolution.route.task == "fanout.contract"
+    assert store.statuses([run.run_id]) == ["queued"]
+    assert store.resolve(run.run_id, "w", "invoking", "{}", deadline=now()).outcome == "none"
+
+
+def test_a_wait_registration_returns_events_noted_since(store: Store) -> None:
+    [run] = create(store, event(1))
+    t = now()
+    store.create_runs([], [event(9, name="app/y")], now=t, dispatch_deadline=t,
+                      keep_events_ms=DAY, lookback_ms=60_000)
+    started(store, run.run_id)
+    recent = store.park_waiting(run.run_id, "t1", "w", '{"status": "waiting"}',
+                                event_name="app/y", waiter_field="f", waiter="{}",
+                                timeout_at=t + 60_000, since=t - 1000)
+    assert recent == ["ev-9"]
+    assert store.statuses([run.run_id]) == ["waiting"]
+    assert store.waiters_of("app/y").steps == {"f": "{}"}
+
+
+def test_finish_makes_the_run_final_and_expiring(store: Store) -> None:
+    [run] = create(store, event(1))
+    started(store, run.run_id)
+    store.finish(run.run_id, "t1", "completed", {"output": "1"}, retention_ms=60_000)
+    assert store.statuses([run.run_id]) == ["completed"]
+    assert 0 < store.ttl_ms(run.run_id) <= 60_000
+    t = now()
+    assert store.start(run.run_id, "t2", now=t, lease_exp=t) == NotStarted("done", "completed")
+
+
+def test_an_expired_lease_queues_the_run_again(store: Store) -> None:
+    [run] = create(store, event(1))
+    t = now()
+    store.start(run.run_id, "t1", now=t, lease_exp=t - 1)
+    assert store.expire_leases(t, t + 1000, 10) == [run.run_id]
+    assert store.statuses([run.run_id]) == ["queued"]
+    assert store.claim_due(t + 1000, t + 2000, 10) == [run.run_id]
+
+
+def test_renew_extends_only_leases_still_held(store: Store) -> None:
+    [a, b] = create(store, event(1), event(2))
+    started(store, a.run_id)
+    started(store, b.run_id)
+    assert store.renew([(a.run_id, "t1"), (b.run_id, "stale")], now() + 60_000) == [True, False]
+
+
+def test_a_branch_join_wakes_the_parent_when_the_last_result_arrives(store: Store) -> None:
+    [run] = create(store, event(1))
+    started(store, run.run_id)
+    store.checkpoint(run.run_id, "t1", "g", '{"status": "parallel", "branches": 2}',
+                     lease_exp=now() + 1000)
+    store.park(run.run_id, "t1", "waiting", wake_at=None, expect=("g", "parallel"))
+    joined = '{"status": "joined"}'
+    first = store.join(run.run_id, "g", "g[0]", '{"status": "completed"}', branches=2,
+                       joined=joined, deadline=now())
+    assert first.outcome == "none"
+    last = store.join(run.run_id, "g", "g[1]", '{"status": "completed"}', branches=2,
+                      joined=joined, deadline=now())
+    assert last.outcome == "woken"
+    assert store.step_record(run.run_id, "g") == joined
+
+
+def test_cancel_of_a_queued_run_is_immediate_and_final(store: Store) -> None:
+    [run] = create(store, event(1))
+    assert store.cancel(run.run_id, now=now(), retention_ms=DAY, error="{}") == "cancelled"
+    assert store.cancel(run.run_id, now=now(), retention_ms=DAY, error="{}") == "final"
+    assert store.cancel("nope", now=now(), retention_ms=DAY, error="{}") == "missing"
+
+
+# -- flow control -----------------------------------------------------------------------
+def queued_runs(store: Store, *tags: str) -> list[str]:
+    return [run.run_id for run in create(store, *(event(t) for t in tags))]
+
+
+def test_a_woken_run_has_its_slot_reserved_until_it_starts(store: Store) -> None:
+    # Regression: a run woken from the wait queue did not count against the limit until
+    # its own gate, so a second release (a duplicate message of a finished run) or the
+    # pump's reconcile in between woke the next run as well, out of priority order.
+    limit1 = [SlotSet("one", "k", 1)]
+    a, b, c = queued_runs(store, "a", "b", "c")
+    t = now()
+    assert store.gate(a, now=t, slot_exp=t + 10_000, slots=limit1, throttle=None,
+                      queue_score=1).kind == "ok"
+    assert store.gate(b, now=t, slot_exp=t + 10_000, slots=limit1, throttle=None,
+                      queue_score=2).kind == "wait"
+    assert store.gate(c, now=t, slot_exp=t + 10_000, slots=limit1, throttle=None,
+                      queue_score=3).kind == "wait"
+    assert store.waiting_queues() == limit1
+
+    def release(run_id: str) -> list[str]:
+        return store.release(run_id, limit1, now=t, deadline=t + 300_000,
+                             reserve_until=t + 10_000)
+
+    assert release(a) == [b]
+    assert release(a) == []  # a duplicate
+    assert release("") == []  # a reconcile
+    assert store.gate(b, now=t, slot_exp=t + 10_000, slots=limit1, throttle=None,
+                      queue_score=2).kind == "ok"
+    assert store.slot_state(limit1[0]) == ([b], [c])
+
+
+def test_a_woken_run_that_must_wait_for_another_limit_gives_its_reservation_back(
+        store: Store) -> None:
+    first, second = SlotSet("first", "k", 1), SlotSet("second", "k", 1)
+    holder, other, run = queued_runs(store, "h", "o", "r")
+    t = now()
+
+    def gate(run_id: str, slots: list[SlotSet], score: float) -> str:
+        return store.gate(run_id, now=t, slot_exp=t + 10_000, slots=slots, throttle=None,
+                          queue_score=score).kind
+
+    assert gate(holder, [second], 1) == "ok"
+    assert gate(run, [first, second], 2) == "wait"
+    assert gate(other, [first], 3) == "ok"
+    # The holder ends: run is woken into the second limit, but the first one is full now.
+    assert store.release(holder, [second], now=t, deadline=t + 300_000,
+                         reserve_until=t + 10_000) == [run]
+    assert store.slot_state(second)[0] == [run]
+    assert gate(run, [first, second], 2) == "wait"
+    assert store.slot_state(second)[0] == []
+    assert store.slot_state(first)[1] == [run]
+
+
+def test_a_throttle_delays_the_start_past_its_burst(store: Store) -> None:
+    a, b = queued_runs(store, "a", "b")
+    t = now()
+    throttle = (FlowKey("throttle", "f", ""), 60_000, 0)
+    assert store.gate(a, now=t, slot_exp=t, slots=[], throttle=throttle,
+                      queue_score=0).kind == "ok"
+    later = store.gate(b, now=t, slot_exp=t, slots=[], throttle=throttle, queue_score=0)
+    assert later.kind == "later" and later.when == t + 60_000
+
+
+def test_a_rate_limit_refuses_past_its_limit_in_the_window(store: Store) -> None:
+    key = FlowKey("rate", "f", "")
+    t = now()
+    assert [store.rate(key, now=t, period_ms=60_000, limit=2, member=str(i))
+            for i in range(3)] == [True, True, False]
+    assert store.rate(key, now=t + 60_001, period_ms=60_000, limit=2, member="4")
+
+
+def test_a_claimed_key_is_held_until_released_or_its_window_ends(store: Store) -> None:
+    key = FlowKey("singleton", "f", "v")
+    t = now()
+    assert store.claim_key(key, "r1", now=t, window_ms=None) == ""
+    assert store.claim_key(key, "r2", now=t, window_ms=None) == "r1"
+    store.unclaim_key(key, "r2")  # not its holder: nothing happens
+    assert store.claim_key(key, "r2", now=t, window_ms=None) == "r1"
+    store.unclaim_key(key, "r1")
+    assert store.claim_key(key, "r2", now=t, window_ms=None) == ""
+    window = FlowKey("idempotency", "f", "v")
+    assert store.claim_key(window, "a", now=t, window_ms=1000) == ""
+    assert store.claim_key(window, "b", now=t + 500, window_ms=1000) == "a"
+    assert store.claim_key(window, "b", now=t + 1000, window_ms=1000) == ""
+
+
+def test_a_batch_buffer_fills_one_run_until_it_is_full(store: Store) -> None:
+    key = FlowKey("batch", "f", "")
+    runs = [new_run(SUB, [event(i)]) for i in range(3)]
+    t = now()
+    states = [store.buffer("batch", key, run, now=t, period_ms=60_000, cap_ms=None,
+                           max_size=3, retention_ms=DAY) for run in runs]
+    first = runs[0].run_id
+    assert states == [(first, "new"), (first, "added"), (first, "full")]
+    raw, _ = store.load_runs([first])[0]
+    assert [e["id"] for e in json.loads(raw["events"])] == ["ev-0", "ev-1", "ev-2"]
+    assert store.runs_for_events(["ev-2"]) == [[first]]
