@@ -153,10 +153,11 @@ def fig_steps(b: Bench) -> None:
              f"{b.worker.concurrency} {b.worker.pool} worker processes")
     inproc = _inproc_round_trips(b)
     run_requests: list[str] = inproc["run"]  # type: ignore[assignment]
-    commits = sum(1 for r in run_requests if r == "EVALSHA COMMIT")
+    commits = sum(1 for r in run_requests if r == "EVALSHA CHECKPOINT")
+    finishes = sum(1 for r in run_requests if r == "EVALSHA FINISH")
     starts = sum(1 for r in run_requests if r == "EVALSHA START")
-    other = len(run_requests) - commits - starts
-    per_step = (commits - 1) / steps  # the last COMMIT finishes the run
+    other = len(run_requests) - commits - starts - finishes
+    per_step = commits / steps
     b.say(f"  round trips to the state Redis, one run executed in-process: "
           f"{len(run_requests)} = {inproc['summary']}")
     b.say(f"    run start: {starts}, per executed step: {per_step:g}, finish: 1, other: {other}"

@@ -45,7 +45,7 @@ def _utf8(text: str) -> bool:
     return True
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RunPlan:
     """A ``step.run`` about to execute (or already memoized)."""
 
@@ -96,7 +96,9 @@ class StepCore:
             key = f"{step_id}:{n}"
         self.counts[step_id] = n + 1
         self.used.add(key)
-        self.check_limit(lambda limit: f"run {self.state.run_id} used more than {limit} steps")
+        if len(self.used) > self.state.settings.max_steps:
+            self.check_limit(lambda limit: f"run {self.state.run_id} used more than {limit} "
+                             "steps")
         return key
 
     def check_limit(self, what: Callable[[int], str]) -> None:
@@ -176,7 +178,8 @@ class StepCore:
         self.attempt = attempt
         if x.mw:
             x.mw.before_step(x.ctx, key)
-        return RunPlan(key, step_id, record, attempt, policy, started=self.state.clock(), model=model)
+        return RunPlan(key, step_id, record, attempt, policy, started=self.state.clock(),
+                       model=model)
 
     def completed(self, plan: RunPlan, value: Any) -> Any:
         """Record a body's output; returns what the handler gets (its JSON round trip,

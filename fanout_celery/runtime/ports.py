@@ -20,7 +20,7 @@ from ..model.definition import Subscription
 from ..store.port import SlotSet
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StepCall:
     """A step about to run its body: the step key (with its ``:N`` counter), the id the
     handler gave, and the 0-based attempt."""
