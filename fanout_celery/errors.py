@@ -44,6 +44,12 @@ class TooManyStepsError(InvalidStepError):
     """A run used more steps than ``fanout_max_steps`` allows."""
 
 
+class NoSubscriptionsError(FanoutError):
+    """``send`` found no function published in Redis and declares none itself: the
+    events would start no run. Redis lost its data, or no worker has started yet; it is
+    safe to send the same events again once a worker is up."""
+
+
 class UnknownFunctionError(FanoutError, LookupError):
     """No function with that id (or that object) is registered."""
 

@@ -27,8 +27,8 @@ from .errors import (
 from .integration import beat, host
 from .integration.bootsteps import PumpStep
 from .integration.publisher import CeleryBroker
-from .integration.reconnect import GuardReconnectStep
 from .integration.task import Function, register
+from .integration.transport import use_guarded_transport
 from .model.cancellation import CancelOn, Timeouts
 from .model.definition import FunctionDef, Subscription, declare
 from .model.durations import instant_ms
@@ -75,7 +75,6 @@ class Fanout:
         self._engine: Engine | None = None
         self._services: Services | None = None
         app.steps["worker"].add(PumpStep)
-        app.steps["consumer"].add(GuardReconnectStep)
         host.bind(app, self)
 
     def __repr__(self) -> str:
@@ -96,6 +95,7 @@ class Fanout:
             with self._lock:
                 if self._engine is None:
                     s = self.settings
+                    use_guarded_transport(self.app)  # for this process's producers
                     store = RedisStore(s.redis_url, s.key_prefix)
                     engine = Engine(store, CeleryBroker(self.app, s.fast_publish), s,
                                     self.middleware, self.event_types, lambda: self.clock())

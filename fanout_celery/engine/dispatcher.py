@@ -9,6 +9,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import InvalidEventError, NoSubscriptionsError
 from ..model.definition import Subscription
 from ..model.events import now_ms, prepare
 from ..model.records import FINAL, NewRun, RunMessage, branch_runs, new_run
@@ -43,6 +44,12 @@ class Dispatcher:
         """Create the runs ``records`` (validated events) start, publish the new ones;
         returns how many. ``only``: start that function's run only (invoke, cron)."""
         self.router.ensure_published()
+        if not only and self.router.table_missing_for_sender():
+            raise NoSubscriptionsError(
+                "no functions are published in Redis, so these events would start no run: "
+                "no worker has started since Redis lost its data (or ever). Start a worker "
+                "(it publishes its functions), or call fanout.publish_subscriptions() in a "
+                "process that declares them; nothing was sent")
         s = self.settings
         count = 0
         for start in range(0, len(records), CHUNK):
@@ -88,10 +95,25 @@ class Dispatcher:
         return run.with_meta(**decision.meta) if decision.meta else run
 
     def send_system(self, event: dict[str, Any], parent: tuple[str, str]) -> None:
-        """Send a lifecycle event (``fanout/function.*``) if anything subscribes to it."""
-        record = prepare(event, max_bytes=self.settings.max_event_bytes * 4, allow_system=True)
-        if self.router.subscribers(record):
-            self.dispatch([record], parent=parent)
+        """Send a lifecycle event (``fanout/function.*``) if anything subscribes to it.
+
+        Announcing never fails the run it announces: an output too large for an event is
+        left out (``output_omitted`` says so: read it with ``fanout.get_run``), and an
+        event that still cannot be built is logged and not sent."""
+        if not self.router.subscribers(event):
+            return
+        limit = self.settings.max_event_bytes * 4
+        try:
+            record = prepare(event, max_bytes=limit, allow_system=True)
+        except InvalidEventError:
+            data = {k: v for k, v in event.get("data", {}).items() if k != "output"}
+            data["output_omitted"] = f"over the {limit}-byte event limit"
+            try:
+                record = prepare({**event, "data": data}, max_bytes=limit, allow_system=True)
+            except InvalidEventError as exc:
+                logger.error("%s of run %s not sent: %s", event.get("name"), parent[0], exc)
+                return
+        self.dispatch([record], parent=parent)
 
     def start_branches(self, parent_id: str, parent: dict[str, str], key: str, n: int) -> None:
         """Create (once) and publish the branch runs of parallel group ``key``."""

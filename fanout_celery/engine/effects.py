@@ -24,9 +24,13 @@ class EngineEffects:
     def subscription(self, function_id: Any) -> Subscription | None:
         return self.router.get(function_id)
 
-    def send_events(self, events: Any, *, parent: tuple[str, str], ctx: Any,
-                    id_for: Callable[[int], str]) -> list[str]:
-        return self.sender.send(events, parent=parent, ctx=ctx, id_for=id_for)
+    def prepare_events(self, events: Any, *, ctx: Any,
+                       id_for: Callable[[int], str]) -> list[dict[str, Any]]:
+        return self.sender.prepare(events, ctx=ctx, id_for=id_for)
+
+    def send_events(self, records: Sequence[dict[str, Any]], *,
+                    parent: tuple[str, str]) -> None:
+        self.dispatcher.dispatch(records, parent=parent)
 
     def start_child(self, sub: Subscription, event: dict[str, Any], *,
                     parent: tuple[str, str], ctx: Any) -> None:

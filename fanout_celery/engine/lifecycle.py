@@ -15,22 +15,34 @@ from typing import Any, Literal
 from ..model.events import FUNCTION_CANCELLED, derived_id, dumps, now_ms
 from ..model.patterns import resolve_path
 from ..model.records import (
+    ANY_BUCKET,
     FINAL,
     NewRun,
     RunMessage,
     branch_field,
     cancelled_info,
     event_matches,
+    match_bucket,
     split_waiter_field,
     waiter_field,
 )
 from ..model.settings import Settings
-from ..store.port import Resolution, Store, Waiters
+from ..store.port import CancelEntry, Resolution, Store, WaiterRef, Waiters
 from .admission import Admission
 from .ports import Broker
 from .router import Router
 
 logger = logging.getLogger("fanout.lifecycle")
+
+# A cancel_on entry without an expiry keeps its path in use this long.
+FOREVER = 2**62
+
+
+def cancel_bucket(path: str | None, value: Any) -> str:
+    """The bucket of a cancel_on entry: by value, or with those matching any event when
+    the trigger has no value at the path (an event without it matches then)."""
+    return match_bucket(path, value) if value is not None else ANY_BUCKET
+
 
 # Sends a system event (cancelled, finished...) for the run ``parent[0]``.
 Emit = Callable[[dict[str, Any], tuple[str, str]], None]
@@ -66,7 +78,7 @@ class Lifecycle:
                 self.resolve_waits(group.name, group.steps, named)
             if group.cancels:
                 self._cancel_matching(group.name, group.cancels, named, now)
-        cancels: list[tuple[str, str, str]] = []
+        cancels: list[CancelEntry] = []
         deadlines: list[tuple[str, int]] = []
         for run in fresh:
             sub = self.router.get(run.function_id)
@@ -75,9 +87,11 @@ class Lifecycle:
             trigger = run.events[0]
             for event, path, timeout in sub.cancel_on:
                 value = None if path is None else resolve_path(trigger, path)
+                bucket = cancel_bucket(path, value)
                 expires = 0 if timeout is None else now + int(float(timeout) * 1000)
-                cancels.append((event, run.run_id, json.dumps(
-                    {"path": path, "value": value, "expires": expires})))
+                cancels.append(CancelEntry(event, bucket, path, run.run_id, json.dumps(
+                    {"path": path, "value": value, "expires": expires, "bucket": bucket}),
+                    expires or FOREVER))
             if sub.start_timeout is not None:
                 deadlines.append((f"start:{run.run_id}", now + int(sub.start_timeout * 1000)))
         self.store.add_cancels(cancels)
@@ -89,7 +103,7 @@ class Lifecycle:
         earliest matching event wins) and enqueue the woken runs; returns how many."""
         now = now_ms()
         woken = 0
-        stale: list[tuple[str, str]] = []
+        stale: list[WaiterRef] = []
         ordered = sorted(events, key=lambda e: e.get("ts", 0))
         for entry, raw in waiters.items():
             waiter = json.loads(raw)
@@ -100,15 +114,16 @@ class Lifecycle:
             if match is None:
                 continue
             run_id, step_key = split_waiter_field(entry)
+            ref = WaiterRef(name, waiter.get("bucket", ANY_BUCKET), entry)
             # The step's seq and start time live in its record; keep them.
             record = self._merged(run_id, step_key, {
                 "status": "completed", "output": match, "attempts": 1, "ended_at": now})
             if record is None:
-                stale.append((name, entry))
+                stale.append(ref)
                 continue
             woken += self._wake(run_id, self.store.resolve(
                 run_id, step_key, "waiting", record,
-                deadline=now + self.settings.redispatch_ms, waiter=(name, entry)))
+                deadline=now + self.settings.redispatch_ms, waiter=ref))
         self.store.drop_waiters(stale)
         return woken
 
@@ -120,16 +135,17 @@ class Lifecycle:
 
     def _cancel_matching(self, name: str, entries: dict[str, str],
                          events: Sequence[dict[str, Any]], now: int) -> None:
-        stale: list[tuple[str, str]] = []
+        stale: list[tuple[str, str, str]] = []
         for run_id, raw in entries.items():
             entry = json.loads(raw)
+            where = (name, entry.get("bucket", ANY_BUCKET), run_id)
             if entry.get("expires") and int(entry["expires"]) < now:
-                stale.append((name, run_id))
+                stale.append(where)
                 continue
             hit = next((e for e in events if event_matches(entry, e)), None)
             if hit is not None:
                 self.cancel(run_id, f"cancelled by event {name} ({hit['id']})")
-                stale.append((name, run_id))
+                stale.append(where)
         self.store.drop_cancels(stale)
 
     # -- cancellation -----------------------------------------------------------------
@@ -146,7 +162,7 @@ class Lifecycle:
             # A parked wait_for_event's waiter is removed only when it resolves or times
             # out, neither of which can happen any more: drop it, or it stays forever.
             self.store.drop_waiters([
-                (rec["event"], waiter_field(run_id, key))
+                WaiterRef(rec["event"], rec.get("bucket", ANY_BUCKET), waiter_field(run_id, key))
                 for key, rec in ((k, json.loads(v)) for k, v in steps.items())
                 if rec.get("kind") == "wait_for_event" and rec.get("status") == "waiting"])
             function_id = raw.get("function", "")
@@ -193,7 +209,11 @@ class Lifecycle:
         singleton key, and resolve its parent's invoke step or parallel group."""
         sub = self.router.get(run.get("function"))
         if sub is not None and sub.cancel_on:
-            self.store.drop_cancels([(event, run_id) for event, _, _ in sub.cancel_on])
+            trigger = (json.loads(run.get("events") or "[]") or [{}])[0]
+            self.store.drop_cancels([
+                (event, cancel_bucket(path, None if path is None else
+                                      resolve_path(trigger, path)), run_id)
+                for event, path, _ in sub.cancel_on])
         self.admission.run_ended(run, run_id)
         if run.get("branch_of"):
             self._join(run, outcome)

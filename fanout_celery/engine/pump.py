@@ -36,6 +36,7 @@ class Pump:
         """Publish what is due now; returns how many runs were enqueued."""
         now = now_ms()
         deadline = now + self.settings.redispatch_ms
+        self.router.all()  # at most once a second: republishes what Redis lost
         self.dispatcher.lifecycle.expire_deadlines()
         woken = self.admission.reconcile()
         run_ids = self.store.claim_due(now, deadline, limit)

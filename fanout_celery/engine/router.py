@@ -6,12 +6,15 @@ imports none of them (a web app) still reaches every subscriber.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
 
 from ..model.definition import Subscription
 from ..store.port import Store
+
+logger = logging.getLogger("fanout")
 
 # How long a process trusts its copy of the published subscriptions.
 CACHE_SECONDS = 1.0
@@ -23,6 +26,7 @@ class Router:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.local: dict[str, Subscription] = {}
+        self.table_missing = False
         self._published = True
         self._remote: dict[str, Subscription] = {}
         self._loaded_at = float("-inf")
@@ -36,6 +40,7 @@ class Router:
         """Publish this process's subscriptions, so processes without them can route."""
         self.store.publish_subscriptions({fid: s.dumps() for fid, s in self.local.items()})
         self._published = True
+        self.table_missing = False
 
     def ensure_published(self) -> None:
         """Publish before the first send after a function was declared."""
@@ -43,19 +48,38 @@ class Router:
             self.publish()
 
     def all(self) -> dict[str, Subscription]:
-        """Every subscription, the published ones refreshed at most once a second."""
+        """Every subscription, the published ones refreshed at most once a second.
+
+        A table that is gone while this process has functions of its own means Redis
+        lost its data (restarted without persistence, flushed): they are published again
+        at once, so senders elsewhere route to them again."""
         now = time.monotonic()
         with self._lock:
             if now - self._loaded_at > CACHE_SECONDS:
+                raw_table = self.store.load_subscriptions()
+                if not raw_table and self.local:
+                    logger.warning("router: the published functions are gone from Redis "
+                                   "(it lost its data?); publishing this process's again")
+                    self.publish()
+                    raw_table = self.store.load_subscriptions()
                 remote: dict[str, Subscription] = {}
-                for fid, raw in self.store.load_subscriptions().items():
+                for fid, raw in raw_table.items():
                     try:
                         remote[fid] = Subscription.loads(fid, raw)
                     except (ValueError, KeyError, TypeError):
                         continue  # written by an incompatible version; ignore it
+                self.table_missing = not raw_table
                 self._remote = remote
                 self._loaded_at = now
             return {**self._remote, **self.local}
+
+    def table_missing_for_sender(self) -> bool:
+        """True when no function is published at all and this process declares none: a
+        send would start nothing, silently."""
+        if self.local:
+            return False
+        self.all()
+        return self.table_missing
 
     def get(self, function_id: Any) -> Subscription | None:
         """The subscription of a function declared here or published by another process."""

@@ -37,13 +37,20 @@ class Sender:
              id_for: Callable[[int], str] | None = None) -> list[str]:
         """Validate and dispatch ``events``; returns their ids. ``id_for(i)`` gives an id
         to events without one (derived from the sending step, so a replay repeats it)."""
+        records = self.prepare(events, ctx=ctx, id_for=id_for)
+        self.dispatch(records, parent=parent)
+        return [r["id"] for r in records]
+
+    def prepare(self, events: Any, *, ctx: Any = None,
+                id_for: Callable[[int], str] | None = None) -> list[dict[str, Any]]:
+        """Every event validated (and its type), as middleware leaves it: what ``send``
+        dispatches. Nothing is written."""
         records = prepare_batch(events, max_bytes=self.settings.max_event_bytes, id_for=id_for)
         if self.event_types:
             self._check_types(records)
         if self.middleware:
             records = self._transform(ctx, records)
-        self.dispatch(records, parent=parent)
-        return [r["id"] for r in records]
+        return records
 
     def _check_types(self, records: list[dict[str, Any]]) -> None:
         for index, record in enumerate(records):

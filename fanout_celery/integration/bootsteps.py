@@ -16,6 +16,7 @@ from typing import Any
 from celery import bootsteps
 
 from .host import Host, host_for
+from .transport import use_guarded_transport
 
 logger = logging.getLogger("fanout.pump")
 
@@ -66,13 +67,16 @@ class PumpThread:
 
 
 class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Worker bootstep that runs the pump of the app's ``Fanout``."""
+    """Worker bootstep that runs the pump of the app's ``Fanout``; at worker init (before
+    the consumer connects) it also gives a Redis broker fanout's guarded transport."""
 
     label = "fanout-pump"
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.pump: PumpThread | None = None
+        if host_for(worker.app) is not None:
+            use_guarded_transport(worker.app)
 
     def start(self, worker: Any) -> None:
         host = host_for(worker.app)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -26,7 +27,9 @@ FINAL = frozenset({"completed", "failed", "cancelled", "skipped"})
 STEP_STATUSES = ("completed", "failed", "retrying", "sleeping", "waiting", "invoking",
                  "parallel", "joined")
 
-# Errors and tracebacks are kept to this many characters on a step or a run.
+# Errors are kept to this many characters on a step or a run: the message, and the end
+# of the traceback (where the error was raised).
+MAX_ERROR_MESSAGE = 4000
 MAX_TRACEBACK = 8000
 
 WAIT_SEP = "\x1f"
@@ -58,9 +61,15 @@ class NewRun:
     function_id: str
     events: tuple[dict[str, Any], ...]
     meta: dict[str, str] = field(default_factory=dict)
+    # The ids the run is listed under (``runs_for_event``): its events' by default; a
+    # branch run is listed under its parent only, never under the trigger event.
+    listed_under: tuple[str, ...] | None = None
 
     @property
     def event_ids(self) -> list[str]:
+        """The ids the run is listed under."""
+        if self.listed_under is not None:
+            return list(self.listed_under)
         return [e["id"] for e in self.events]
 
     @cached_property
@@ -77,7 +86,8 @@ class NewRun:
         return RunMessage(self.run_id, self.route)
 
     def with_meta(self, **extra: str) -> NewRun:
-        return NewRun(self.run_id, self.function_id, self.events, {**self.meta, **extra})
+        return NewRun(self.run_id, self.function_id, self.events, {**self.meta, **extra},
+                      self.listed_under)
 
 
 def run_id_for(function_id: str, event_id: str) -> str:
@@ -108,11 +118,14 @@ def branch_field(group: str, index: int) -> str:
 
 def branch_runs(sub: Subscription, parent_id: str, events: list[dict[str, Any]], key: str,
                 n: int) -> list[NewRun]:
-    """The branch runs of parallel group ``key`` of run ``parent_id``."""
-    return [new_run(sub, events, parent=(parent_id, branch_field(key, i)),
+    """The branch runs of parallel group ``key`` of run ``parent_id``: the parent's events,
+    listed under ``branch-<parent id>`` (not under the events, whose run is the parent)."""
+    runs = [new_run(sub, events, parent=(parent_id, branch_field(key, i)),
                     run_id=derived_id(parent_id, key, str(i)),
                     extra={"branch_of": parent_id, "branch_step": key, "branch_index": str(i)})
             for i in range(n)]
+    return [NewRun(r.run_id, r.function_id, r.events, r.meta, (f"branch-{parent_id}",))
+            for r in runs]
 
 
 def waiter_field(run_id: str, step_key: str) -> str:
@@ -125,6 +138,31 @@ def split_waiter_field(name: str) -> tuple[str, str]:
     return run_id, step_key
 
 
+# The bucket of waiters (and cancel_on entries) without a match path: every event of
+# their name can match them.
+ANY_BUCKET = "*"
+
+
+def match_bucket(path: str | None, value: Any) -> str:
+    """The bucket a waiter with this match path and value sits in, and that an event with
+    this value at this path is noted under: senders read only the buckets their events
+    fall in, never every waiter of a name."""
+    if path is None:
+        return ANY_BUCKET
+    return f"{path}={derived_id(json.dumps(value, sort_keys=True, default=str))[:20]}"
+
+
+def event_buckets(event: dict[str, Any], paths: Iterable[str]) -> list[str]:
+    """The buckets ``event`` falls in, for the match paths in use (an event without a
+    value at a path can match no waiter of it)."""
+    out = []
+    for path in paths:
+        value = resolve_path(event, path)
+        if value is not None:
+            out.append(match_bucket(path, value))
+    return out
+
+
 def event_matches(waiter: dict[str, Any], event: dict[str, Any]) -> bool:
     """Whether ``event`` satisfies a waiter's (or cancel_on entry's) match: the same
     value at the same dotted path; any event when the waiter has no path."""
@@ -132,13 +170,27 @@ def event_matches(waiter: dict[str, Any], event: dict[str, Any]) -> bool:
     return path is None or resolve_path(event, path) == waiter.get("value")
 
 
+def _storable_text(text: str) -> str:
+    """Text Redis can store (UTF-8): lone surrogates become escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_info(exc: BaseException) -> dict[str, Any]:
-    """The JSON form of an error as recorded on a step or run."""
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:],
-    }
+    """The JSON form of an error as recorded on a step or run: its type, its message
+    (at most ``MAX_ERROR_MESSAGE`` characters, marked when cut) and the last
+    ``MAX_TRACEBACK`` characters of its traceback."""
+    try:
+        message = str(exc)
+    except Exception as failure:  # a __str__ that raises
+        message = f"<message unavailable: {type(failure).__name__}>"
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[:MAX_ERROR_MESSAGE] + f"... [{len(message)} characters, cut]"
+    try:
+        trace = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:]
+    except Exception:  # pragma: no cover - a traceback that cannot be formatted
+        trace = ""
+    return {"type": type(exc).__name__, "message": _storable_text(message),
+            "traceback": _storable_text(trace)}
 
 
 def cancelled_info(reason: str) -> dict[str, Any]:

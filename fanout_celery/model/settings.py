@@ -90,6 +90,9 @@ SPEC: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     "fast_publish": (True, _flag),
     # How often beat sends the cron tick that fires due cron slots.
     "cron_interval": (1.0, _seconds),
+    # Use fanout's subclass of kombu's Redis transport for a Redis broker: it counts the
+    # replies of a failover or a full Redis as connection errors (integration/transport.py).
+    "broker_transport": (True, _flag),
 }
 
 
@@ -121,6 +124,7 @@ class Settings:
     task_events: bool = True
     fast_publish: bool = True
     cron_interval: float = 1.0
+    broker_transport: bool = True
 
     def __repr__(self) -> str:
         fields = ", ".join(

@@ -104,12 +104,22 @@ def run_attempt(services: Services, function: FunctionDef, run_id: str) -> str:
             store.add_deadlines([(f"finish:{run_id}", first_start + int(finish_after * 1000))])
         parent_steps = store.load_steps(run["branch_of"]) if run.get("branch_of") else None
         journal = Journal(store, run_id, token, services.settings, services.clock)
-        status = Execution(services, function, journal, run, started.steps,
-                           parent_steps).execute()
+        execution = Execution(services, function, journal, run, started.steps, parent_steps)
+        status = execution.execute()
         return status
     except LeaseLostError as exc:
         logger.warning("%s; another worker resumes it", exc)
         return "lease-lost"
+    except Exception as exc:
+        if store.transient(exc):
+            # The store is away for now: the run keeps its lease, which expires, and the
+            # pump resumes the run from its last checkpoint.
+            raise
+        # Anything else would fail the same way on every attempt: fail the run once
+        # rather than leave it to its lease and loop.
+        logger.exception("run %s: execution failed outside the handler", run_id)
+        status = execution.fail_internally(exc)
+        return status
     finally:
         services.leases.release(run_id)
         if slots and status != "lease-lost":

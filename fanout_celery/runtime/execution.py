@@ -17,6 +17,7 @@ from ..errors import (
     LeaseLostError,
     NonRetriableError,
     StepError,
+    StepOutputError,
     Suspend,
 )
 from ..model.events import (
@@ -101,16 +102,12 @@ class Execution(AttemptState):
         except Exception as exc:
             return self._retry_body(exc)
         try:
-            encoded = dumps(output)
-        except (TypeError, ValueError) as exc:
-            return self._fail(InvalidStepError(
-                f"function {self.function.function_id!r} returned a value that is not JSON: "
-                f"{exc}"))
-        if self.mw:
-            try:
-                encoded = dumps(self.mw.transform_output(ctx, None, json.loads(encoded)))
-            except Exception as exc:  # raised on every replay too: fail, do not loop
-                return self._fail(exc)
+            encoded = self._storable(output, "returned")
+            if self.mw:
+                encoded = self._storable(
+                    self.mw.transform_output(ctx, None, json.loads(encoded)), "middleware made")
+        except Exception as exc:  # raised on every replay too: fail, do not loop
+            return self._fail(exc)
         # The parent of an invoke or a parallel branch and the finished event get the
         # output as stored: what middleware made of it (ciphertext, with encryption).
         stored = json.loads(encoded)
@@ -118,6 +115,23 @@ class Execution(AttemptState):
                        {"status": "completed", "output": stored})
         self.finish("completed", output=encoded, error="")
         return "completed"
+
+    def _storable(self, output: Any, what: str) -> str:
+        """The output as stored; ``StepOutputError`` when it cannot be: not JSON (nested
+        too deep, say), not valid Unicode, or over ``fanout_max_step_output_bytes``."""
+        fid = self.function.function_id
+        try:
+            encoded = dumps(output)
+            size = len(encoded.encode())  # lone surrogates pass dumps, not UTF-8
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise StepOutputError(f"function {fid!r} {what} a value that cannot be stored "
+                                  f"(not JSON): {type(exc).__name__}: {exc}") from None
+        limit = self.settings.max_step_output_bytes
+        if size > limit:
+            raise StepOutputError(
+                f"function {fid!r} {what} a value of {size} bytes, over the limit of {limit} "
+                "(fanout_max_step_output_bytes); store it elsewhere and return a reference")
+        return encoded
 
     def _retry_body(self, exc: Exception) -> str:
         """The handler body raised outside any step: retry it from the top."""
@@ -152,6 +166,11 @@ class Execution(AttemptState):
         self._announce(FUNCTION_FAILED, {"error": info}, {"status": "failed", "error": info})
         self.finish("failed", error=dumps(info))
         return "failed"
+
+    def fail_internally(self, exc: Exception) -> str:
+        """Fail the run for an error outside the handler's control (an announcement or a
+        store reply that will not change on a retry)."""
+        return self._fail(exc)
 
     def _cancelled(self) -> str:
         reason = self.journal.field("cancel")

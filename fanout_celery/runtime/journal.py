@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..model.settings import Settings
-from ..store.port import Store
+from ..store.port import Store, WaiterRef
 
 
 class Journal:
@@ -32,7 +32,7 @@ class Journal:
         self.store.checkpoint(self.run_id, self.token, key, record, lease_exp=self._lease_exp())
 
     def settle(self, key: str, expect: str, record: str,
-               waiter: tuple[str, str] | None = None) -> str | None:
+               waiter: WaiterRef | None = None) -> str | None:
         """Write ``record`` if the step is still ``expect``; else return the one that won."""
         return self.store.settle(self.run_id, self.token, key, expect, record,
                                  lease_exp=self._lease_exp(), waiter=waiter)
@@ -45,12 +45,14 @@ class Journal:
         return self.store.park(self.run_id, self.token, status, wake_at=wake_at, step=step,
                                expect=expect, fields=fields)
 
-    def park_waiting(self, key: str, record: str, *, event_name: str, waiter_field: str,
-                     waiter: str, timeout_at: int, since: int) -> list[str]:
-        """Register a wait and park; returns ids of events of that name sent since."""
-        return self.store.park_waiting(self.run_id, self.token, key, record,
-                                       event_name=event_name, waiter_field=waiter_field,
-                                       waiter=waiter, timeout_at=timeout_at, since=since)
+    def park_waiting(self, key: str, record: str, *, ref: WaiterRef, path: str | None,
+                     waiter: str, timeout_at: int, any_limit: int) -> list[str]:
+        """Register a wait and park; returns ids of events of that name noted since the
+        run last recorded progress (those that can match, where the store can tell)."""
+        return self.store.park_waiting(
+            self.run_id, self.token, key, record, ref=ref, path=path, waiter=waiter,
+            timeout_at=timeout_at, path_expires=timeout_at + self.settings.lookback_ms,
+            any_limit=any_limit)
 
     def finish(self, status: str, fields: dict[str, str]) -> None:
         """Mark the run final."""

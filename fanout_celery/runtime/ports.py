@@ -45,9 +45,14 @@ class Effects(Protocol):
     def subscription(self, function_id: Any) -> Subscription | None:
         """The subscription of a function declared here or published elsewhere."""
 
-    def send_events(self, events: Any, *, parent: tuple[str, str], ctx: Any,
-                    id_for: Callable[[int], str]) -> list[str]:
-        """Validate and send events from a step; returns their ids."""
+    def prepare_events(self, events: Any, *, ctx: Any,
+                       id_for: Callable[[int], str]) -> list[dict[str, Any]]:
+        """Validate events a step sends (``id_for(i)``: the id of an event without one);
+        nothing is written."""
+
+    def send_events(self, records: Sequence[dict[str, Any]], *,
+                    parent: tuple[str, str]) -> None:
+        """Send events ``prepare_events`` returned, linked to the sending step."""
 
     def start_child(self, sub: Subscription, event: dict[str, Any], *,
                     parent: tuple[str, str], ctx: Any) -> None:

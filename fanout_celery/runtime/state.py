@@ -11,6 +11,7 @@ from typing import Any
 
 from ..model.definition import FunctionDef
 from ..model.settings import Settings
+from ..store.port import WaiterRef
 from .journal import Journal
 from .services import Services
 
@@ -75,7 +76,7 @@ class AttemptState:
         self.memo[key] = record
 
     def settle(self, key: str, expect: str, encoded: str, record: dict[str, Any],
-               waits: tuple[str, str] | None = None) -> dict[str, Any]:
+               waits: WaiterRef | None = None) -> dict[str, Any]:
         """Checkpoint ``record`` only if the step is still ``expect`` (a timeout racing an
         event or a child run); returns the record that won."""
         current = self.journal.settle(key, expect, encoded, waits)

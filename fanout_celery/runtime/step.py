@@ -79,12 +79,17 @@ class Step(WaitingSteps, ParallelSteps):
         x.replay_done()
         started = x.clock()
         run_id = x.run_id
-        ids = x.effects.send_events(
-            events, parent=(run_id, key), ctx=x.ctx,
-            id_for=lambda i: derived_id(run_id, key, str(i)))
+        records = x.effects.prepare_events(events, ctx=x.ctx,
+                                           id_for=lambda i: derived_id(run_id, key, str(i)))
+        ids = [r["id"] for r in records]
+        # Checked before anything is sent: a record too large to store would otherwise
+        # fail the step after every event had started its runs.
         encoded, stored = core.encode(key, {
             "status": "completed", "output": ids, "attempts": 1, "kind": "send_event",
-            "started_at": started, "ended_at": x.clock(), "seq": core.seq(record),
+            "started_at": started, "ended_at": started, "seq": core.seq(record),
         })
+        x.effects.send_events(records, parent=(run_id, key))
+        stored["ended_at"] = x.clock()
+        encoded = core.encode(key, stored)[0]
         x.checkpoint(key, encoded, stored)
         return ids

@@ -14,12 +14,9 @@ from ..errors import InvalidStepError, StepError, Suspend, UnknownFunctionError
 from ..model.durations import MAX_SECONDS, instant_ms, parse_duration
 from ..model.events import FUNCTION_INVOKED, Event, derived_id
 from ..model.patterns import check_path, check_pattern, resolve_path
-from ..model.records import run_id_for, waiter_field
+from ..model.records import match_bucket, run_id_for, waiter_field
+from ..store.port import WaiterRef
 from .core import StepCore
-
-# Events sent up to this long before a wait is registered still match it, so clocks a
-# little apart on the sender and the worker do not open a gap.
-CLOCK_SKEW_MS = 2000
 
 
 def parked(status: str, wake: int | None) -> Suspend:
@@ -108,16 +105,18 @@ class WaitingSteps:
             x.replayed(key)
             return self._waited(key, record)
         x.replay_done()
-        entry = waiter_field(x.run_id, key)
+        bucket = match_bucket(match, expected)
+        ref = WaiterRef(event, bucket, waiter_field(x.run_id, key))
         now = x.clock()
         if record is None:
             timeout_at = now + int(seconds * 1000)
             encoded, stored = core.encode(key, {
                 "status": "waiting", "kind": "wait_for_event", "event": event,
-                "timeout_at": timeout_at, "attempts": 0, "started_at": now,
-                "seq": core.seq(None)})
-            waiter = json.dumps({"path": match, "value": expected, "timeout_at": timeout_at})
-            self._register(key, encoded, event, entry, waiter, timeout_at)
+                "bucket": bucket, "timeout_at": timeout_at, "attempts": 0,
+                "started_at": now, "seq": core.seq(None)})
+            waiter = json.dumps({"path": match, "value": expected, "timeout_at": timeout_at,
+                                 "bucket": bucket})
+            self._register(key, encoded, ref, match, waiter, timeout_at)
         timeout_at = int(record["timeout_at"])
         if now < timeout_at:  # woken early (a duplicate message): park again
             resolved = x.park("waiting", timeout_at, expect=(key, "waiting"))
@@ -126,25 +125,22 @@ class WaitingSteps:
             return self._waited(key, resolved)
         encoded, stored = core.encode(key, {
             **record, "status": "completed", "output": None, "ended_at": now})
-        return self._waited(key, x.settle(key, "waiting", encoded, stored,
-                                          waits=(event, entry)))
+        return self._waited(key, x.settle(key, "waiting", encoded, stored, waits=ref))
 
-    def _register(self, key: str, encoded: str, event: str, entry: str, waiter: str,
-                  timeout_at: int) -> NoReturn:
+    def _register(self, key: str, encoded: str, ref: WaiterRef, path: str | None,
+                  waiter: str, timeout_at: int) -> NoReturn:
         x = self._core.state
-        previous = [int(r.get("ended_at") or 0) for r in x.memo.values()]
-        since = max([int(x.run.get("created_at") or 0), *previous]) - CLOCK_SKEW_MS
-        recent = x.journal.park_waiting(key, encoded, event_name=event, waiter_field=entry,
-                                        waiter=waiter, timeout_at=timeout_at, since=since)
         # An event resolves at most one wait of a run: one that resolved an earlier wait
         # is still recent when the run resumes, and would resolve this one too.
         used = {r["output"].get("id") for r in x.memo.values()
                 if r.get("kind") == "wait_for_event" and isinstance(r.get("output"), dict)}
+        recent = x.journal.park_waiting(key, encoded, ref=ref, path=path, waiter=waiter,
+                                        timeout_at=timeout_at, any_limit=len(used) + 1)
         recent = [i for i in recent if i not in used]
         if recent:
             # Events that came just before the wait was registered: resolve it now.
             found = [e for e in x.services.store.get_events(recent) if e is not None]
-            x.effects.resolve_waits(event, {entry: waiter}, found)
+            x.effects.resolve_waits(ref.name, {ref.field: waiter}, found)
         raise parked("waiting", timeout_at)
 
     def _waited(self, key: str, record: dict[str, Any]) -> Event | None:

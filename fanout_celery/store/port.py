@@ -15,15 +15,37 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from ..model.records import NewRun, Route
 
 
+class WaiterRef(NamedTuple):
+    """Where a step waiter is kept: its event name, its match bucket
+    (``model.records.match_bucket``) and its field (``waiter_field(run, step)``)."""
+
+    name: str
+    bucket: str
+    field: str
+
+
+class CancelEntry(NamedTuple):
+    """A ``cancel_on`` entry: run ``run_id`` is cancelled by an event ``name`` whose
+    ``path`` (None: any) has the trigger's value (in ``bucket``), until ``expires`` (ms)."""
+
+    name: str
+    bucket: str
+    path: str | None
+    run_id: str
+    entry: str
+    expires: int
+
+
 @dataclass(frozen=True)
 class Waiters:
-    """Who waits for events of one name: step waiters (``waiter field`` -> JSON) and
-    ``cancel_on`` entries (run id -> JSON)."""
+    """Who may wait for events of one name: step waiters (``waiter field`` -> JSON) and
+    ``cancel_on`` entries (run id -> JSON) — only those whose match bucket the events fall
+    in (each JSON holds its ``bucket``)."""
 
     name: str
     steps: dict[str, str] = field(default_factory=dict)
@@ -118,6 +140,10 @@ class Store(Protocol):
 
     prefix: str
 
+    def transient(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by a verb, says "not now" (the server is away, loading,
+        read-only during a failover, out of memory): the caller should try again later."""
+
     # -- creating runs ----------------------------------------------------------------
     def create_runs(self, runs: Sequence[NewRun], events: Sequence[dict[str, Any]], *,
                     now: int, dispatch_deadline: int, keep_events_ms: int,
@@ -149,10 +175,10 @@ class Store(Protocol):
         """Write one step record and extend the lease."""
 
     def settle(self, run_id: str, token: str, key: str, expect: str, record: str, *,
-               lease_exp: int, waiter: tuple[str, str] | None = None) -> str | None:
+               lease_exp: int, waiter: WaiterRef | None = None) -> str | None:
         """Write ``record`` only if the step is still in status ``expect`` (a timeout
         racing an event or a child run). Returns None when written, else the record
-        that won. ``waiter``: (event name, field) of a waiter to remove."""
+        that won. ``waiter``: a waiter to remove."""
 
     def park(self, run_id: str, token: str, status: str, *, wake_at: int | None,
              step: tuple[str, str] | None = None, expect: tuple[str, str] | None = None,
@@ -163,11 +189,15 @@ class Store(Protocol):
         otherwise return its current record and keep the lease."""
 
     def park_waiting(self, run_id: str, token: str, key: str, record: str, *,
-                     event_name: str, waiter_field: str, waiter: str, timeout_at: int,
-                     since: int) -> list[str]:
-        """Register a ``wait_for_event`` waiter and park the run, atomically with reading
-        the ids of events of that name noted since ``since``: an event noted before is
-        among them, one noted after finds the waiter."""
+                     ref: WaiterRef, path: str | None, waiter: str, timeout_at: int,
+                     path_expires: int, any_limit: int) -> list[str]:
+        """Register a ``wait_for_event`` waiter (at ``ref``, matching on ``path``) and
+        park the run, atomically with reading the ids of events of that name noted since
+        the run last recorded progress (a checkpoint, else its creation), by the store's
+        own clock: an event noted before is among them, one noted after finds the waiter.
+        Only events of the waiter's bucket are read when the store can tell (its path
+        was in use since then; ``path_expires``: how long it must stay so); a waiter
+        without a path reads the first ``any_limit``."""
 
     def finish(self, run_id: str, token: str, status: str, fields: dict[str, str], *,
                retention_ms: int) -> None:
@@ -187,7 +217,7 @@ class Store(Protocol):
 
     # -- from outside a run -----------------------------------------------------------
     def resolve(self, run_id: str, key: str, expect: str, record: str, *, deadline: int,
-                waiter: tuple[str, str] | None = None) -> Resolution:
+                waiter: WaiterRef | None = None) -> Resolution:
         """Resolve a waiting step (an event arrived, a child finished): write ``record``
         if the step is still ``expect`` and the run not final; wake the run if parked
         (its timer at ``deadline`` covers a lost publish)."""
@@ -201,14 +231,14 @@ class Store(Protocol):
                error: str) -> Literal["cancelled", "requested", "final", "missing"]:
         """Cancel a queued or parked run at once; flag an executing one."""
 
-    def drop_waiters(self, entries: Sequence[tuple[str, str]]) -> None:
-        """Remove ``(event name, waiter field)`` step waiters."""
+    def drop_waiters(self, entries: Sequence[WaiterRef]) -> None:
+        """Remove step waiters."""
 
-    def add_cancels(self, entries: Sequence[tuple[str, str, str]]) -> None:
-        """Register ``(event name, run id, JSON)`` cancel_on entries."""
+    def add_cancels(self, entries: Sequence[CancelEntry]) -> None:
+        """Register cancel_on entries."""
 
-    def drop_cancels(self, entries: Sequence[tuple[str, str]]) -> None:
-        """Remove ``(event name, run id)`` cancel_on entries."""
+    def drop_cancels(self, entries: Sequence[tuple[str, str, str]]) -> None:
+        """Remove ``(event name, bucket, run id)`` cancel_on entries."""
 
     def add_deadlines(self, entries: Sequence[tuple[str, int]]) -> None:
         """Schedule ``(start:<run> | finish:<run>, when)`` timeouts (idempotent)."""
@@ -260,7 +290,8 @@ class Store(Protocol):
         """The run's scores in the global indexes: ``timer``, ``lease``, ``dispatch``."""
 
     def waiters_of(self, event_name: str) -> Waiters:
-        """Every step waiter and cancel_on entry of an event name."""
+        """Every step waiter and cancel_on entry of an event name, in every bucket (for
+        operators and tests: this scans)."""
 
     def count(self, index: Literal["events", "deadlines", "timers", "leases",
                                    "dispatch"]) -> int:

@@ -29,11 +29,12 @@ from ..engine.sending import Sender
 from ..model.definition import FunctionDef, Subscription
 from ..model.events import Event, derived_id, dumps, now_ms, prepare
 from ..model.flowcontrol import FlowControl
-from ..model.records import FINAL, RunMessage, branch_runs, waiter_field
+from ..model.records import ANY_BUCKET, FINAL, RunMessage, branch_runs, waiter_field
 from ..model.settings import Settings
 from ..runtime import Services, run_attempt
 from ..runtime.ports import StepCall
 from ..store.memory import MemoryStore
+from ..store.port import WaiterRef
 from .stubs import Stubs
 
 T = TypeVar("T")
@@ -161,9 +162,13 @@ class Kit:
         # invoke step's stub stands in for it.
         return self.router.get(function_id) or Subscription(function_id, (), task="")
 
-    def send_events(self, events: Any, *, parent: tuple[str, str], ctx: Any,
-                    id_for: Callable[[int], str]) -> list[str]:
-        return self.sender.send(events, parent=parent, ctx=ctx, id_for=id_for)
+    def prepare_events(self, events: Any, *, ctx: Any,
+                       id_for: Callable[[int], str]) -> list[dict[str, Any]]:
+        return self.sender.prepare(events, ctx=ctx, id_for=id_for)
+
+    def send_events(self, records: Sequence[dict[str, Any]], *,
+                    parent: tuple[str, str]) -> None:
+        self._dispatched(records, parent=parent)
 
     def start_child(self, sub: Subscription, event: dict[str, Any], *,
                     parent: tuple[str, str], ctx: Any) -> None:
@@ -254,7 +259,7 @@ class Kit:
         waiter = None
         if record["kind"] == "wait_for_event":
             entry = waiter_field(run_id, key)
-            waiter = (record["event"], entry)
+            waiter = WaiterRef(record["event"], record.get("bucket", ANY_BUCKET), entry)
             waiter_json = self.store.waiters_of(record["event"]).steps.get(entry)
         else:
             waiter_json = None

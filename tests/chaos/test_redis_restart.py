@@ -38,7 +38,6 @@ from procs import wait_for, worker_process
 
 from fanout_celery import Fanout
 from fanout_celery.embedded import EmbeddedRedis, find_redis_server
-from fanout_celery.integration.reconnect import guard_detached_channel
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -153,7 +152,7 @@ def test_a_redis_restart_mid_fan_out_loses_no_run_when_redis_persists_with_aof(
 def test_a_worker_keeps_consuming_after_a_redis_restart_interrupts_a_running_task(
         aof_redis: EmbeddedRedis, sender: Fanout) -> None:
     """Regression: the late ack of a task that ran through the outage used to reach the
-    closed channel and stop the worker's consumer for good (fanout_celery.integration.reconnect)."""
+    closed channel and stop the worker's consumer for good (fanout_celery.integration.transport)."""
     client = redis.Redis.from_url(aof_redis.url, decode_responses=True)
     with worker_process(aof_redis.url, pool="prefork", concurrency=2, app=CHAOS_APP) as w:
         [first] = sender.send({"name": "chaos/slow", "data": {"seconds": 5}, "id": "slow-1"})
@@ -171,23 +170,6 @@ def test_a_worker_keeps_consuming_after_a_redis_restart_interrupts_a_running_tas
         assert w.alive()
         assert "Unrecoverable error" not in w.log_tail(1_000_000)
     client.close()
-
-
-def test_a_guarded_broker_channel_raises_a_connection_error_once_its_transport_is_detached(
-        redis_url: str) -> None:
-    app = Celery("guard", broker=redis_url, set_as_current=False)
-    with app.connection_for_write() as connection:
-        connection.ensure_connection(max_retries=3)
-        channel = connection.default_channel
-        guard_detached_channel(channel)
-        # What the consumer does with a broken connection: it closes the channels and
-        # detaches the transport; a later ack or restore must fail as a connection error.
-        connection.collect()
-        with pytest.raises(ConnectionError):
-            channel.basic_ack("delivery-tag")
-        with pytest.raises(ConnectionError):
-            channel.qos.restore_unacked()
-    app.close()
 
 
 @pytest.mark.parametrize("appendonly", [True, False], ids=["aof", "no-persistence"])

@@ -12,9 +12,17 @@ import pytest
 
 from fanout_celery.errors import CancelRequested, LeaseLostError
 from fanout_celery.model.definition import Subscription
-from fanout_celery.model.records import NewRun, Route, new_run
+from fanout_celery.model.records import NewRun, Route, match_bucket, new_run
 from fanout_celery.store.memory import MemoryStore
-from fanout_celery.store.port import FlowKey, NotStarted, SlotSet, Started, Store
+from fanout_celery.store.port import (
+    CancelEntry,
+    FlowKey,
+    NotStarted,
+    SlotSet,
+    Started,
+    Store,
+    WaiterRef,
+)
 from fanout_celery.store.redis import RedisStore, flush_database
 
 SUB = Subscription("contract", ("app/x",), task="fanout.contract", queue="q")
@@ -49,6 +57,17 @@ def create(store: Store, *events: dict[str, Any]) -> list[NewRun]:
     return runs
 
 
+def wait(store: Store, run_id: str, name: str = "app/y", path: str | None = None,
+         value: Any = None, field: str = "f", token: str = "t1") -> list[str]:
+    """Register a waiter of ``run_id`` (started) for ``name`` matching ``path == value``."""
+    bucket = match_bucket(path, value)
+    waiter = json.dumps({"path": path, "value": value, "bucket": bucket})
+    t = now()
+    return store.park_waiting(run_id, token, "w", '{"status": "waiting"}',
+                              ref=WaiterRef(name, bucket, field), path=path, waiter=waiter,
+                              timeout_at=t + 60_000, path_expires=t + 120_000, any_limit=10)
+
+
 def started(store: Store, run_id: str, token: str = "t1") -> Started:
     t = now()
     result = store.start(run_id, token, now=t, lease_exp=t + 30_000)
@@ -71,13 +90,37 @@ def test_a_run_is_created_once_per_id(store: Store) -> None:
 def test_creating_runs_reports_who_waits_for_the_event_names(store: Store) -> None:
     [run] = create(store, event(1))
     started(store, run.run_id)
-    record = json.dumps({"status": "waiting", "kind": "wait_for_event"})
-    store.park_waiting(run.run_id, "t1", "w", record, event_name="app/y", waiter_field="f",
-                       waiter='{"path": null}', timeout_at=now() + 60_000, since=0)
+    wait(store, run.run_id)
     t = now()
     created = store.create_runs([], [event(2, name="app/y")], now=t, dispatch_deadline=t,
                                 keep_events_ms=DAY, lookback_ms=60_000)
-    assert [(w.name, w.steps) for w in created.waiters] == [("app/y", {"f": '{"path": null}'})]
+    [waiters] = created.waiters
+    assert waiters.name == "app/y" and list(waiters.steps) == ["f"]
+
+
+def test_a_send_reads_only_the_waiters_its_match_values_can_satisfy(store: Store) -> None:
+    runs = create(store, *(event(i) for i in range(3)))
+    for i, run in enumerate(runs):
+        started(store, run.run_id)
+        wait(store, run.run_id, path="data.user", value=i, field=f"f{i}")
+    t = now()
+    created = store.create_runs([], [event(9, name="app/y", user=1)], now=t,
+                                dispatch_deadline=t, keep_events_ms=DAY, lookback_ms=60_000)
+    assert list(created.waiters[0].steps) == ["f1"]
+    assert set(store.waiters_of("app/y").steps) == {"f0", "f1", "f2"}
+
+
+def test_a_cancel_entry_is_read_only_by_events_of_its_value(store: Store) -> None:
+    entry = json.dumps({"path": "data.user", "value": 5})
+    store.add_cancels([CancelEntry("app/stop", match_bucket("data.user", 5), "data.user",
+                                   "r5", entry, now() + 60_000)])
+    t = now()
+    other = store.create_runs([], [event(1, name="app/stop", user=4)], now=t,
+                              dispatch_deadline=t, keep_events_ms=DAY, lookback_ms=60_000)
+    hit = store.create_runs([], [event(2, name="app/stop", user=5)], now=t,
+                            dispatch_deadline=t, keep_events_ms=DAY, lookback_ms=60_000)
+    assert other.waiters[0].cancels == {}
+    assert hit.waiters[0].cancels == {"r5": entry}
 
 
 def test_skipped_runs_are_final_with_their_reason(store: Store) -> None:
@@ -164,18 +207,54 @@ def test_a_parked_run_is_woken_by_a_resolution(store: Store) -> None:
     assert store.resolve(run.run_id, "w", "invoking", "{}", deadline=now()).outcome == "none"
 
 
-def test_a_wait_registration_returns_events_noted_since(store: Store) -> None:
-    [run] = create(store, event(1))
+def note(store: Store, *events: dict[str, Any]) -> None:
     t = now()
-    store.create_runs([], [event(9, name="app/y")], now=t, dispatch_deadline=t,
-                      keep_events_ms=DAY, lookback_ms=60_000)
+    store.create_runs([], list(events), now=t, dispatch_deadline=t, keep_events_ms=DAY,
+                      lookback_ms=60_000)
+
+
+def test_a_wait_registration_returns_the_events_noted_since_the_last_checkpoint(
+        store: Store) -> None:
+    [run] = create(store, event(1))
     started(store, run.run_id)
-    recent = store.park_waiting(run.run_id, "t1", "w", '{"status": "waiting"}',
-                                event_name="app/y", waiter_field="f", waiter="{}",
-                                timeout_at=t + 60_000, since=t - 1000)
-    assert recent == ["ev-9"]
+    note(store, event(8, name="app/y"))
+    time.sleep(0.005)
+    store.checkpoint(run.run_id, "t1", "s", '{"status": "completed"}', lease_exp=now() + 1000)
+    time.sleep(0.005)
+    note(store, event(9, name="app/y"))
+    assert wait(store, run.run_id) == ["ev-9"]
     assert store.statuses([run.run_id]) == ["waiting"]
-    assert store.waiters_of("app/y").steps == {"f": "{}"}
+    assert list(store.waiters_of("app/y").steps) == ["f"]
+
+
+def test_events_are_dated_by_the_stores_clock_not_the_senders(store: Store) -> None:
+    # A sender whose clock is an hour behind still notes its event after the run's
+    # creation: the wait registered next finds it.
+    [run] = create(store, event(1))
+    started(store, run.run_id)
+    late = now() - 3_600_000
+    store.create_runs([], [event(7, name="app/y")], now=late, dispatch_deadline=late,
+                      keep_events_ms=DAY, lookback_ms=60_000)
+    assert wait(store, run.run_id) == ["ev-7"]
+
+
+def test_a_waiter_of_a_known_path_reads_only_recent_events_of_its_value(
+        store: Store) -> None:
+    first, second = create(store, event(1), event(2))
+    started(store, first.run_id)
+    wait(store, first.run_id, path="data.user", value=1, field="a")  # the path is in use
+    time.sleep(0.005)
+    started(store, second.run_id)
+    store.checkpoint(second.run_id, "t1", "s", '{"status": "completed"}', lease_exp=now() + 1000)
+    note(store, *(event(f"u{i}", name="app/y", user=i) for i in range(50)))
+    assert wait(store, second.run_id, path="data.user", value=7, field="b") == ["ev-u7"]
+
+
+def test_the_first_waiter_of_a_new_path_reads_every_recent_event(store: Store) -> None:
+    [run] = create(store, event(1))
+    started(store, run.run_id)
+    note(store, event("x", name="app/y", user=1), event("z", name="app/y", user=2))
+    assert sorted(wait(store, run.run_id, path="data.user", value=2)) == ["ev-x", "ev-z"]
 
 
 def test_finish_makes_the_run_final_and_expiring(store: Store) -> None:

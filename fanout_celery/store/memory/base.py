@@ -38,13 +38,19 @@ class MemoryBase:
         self.zsets: dict[str, dict[str, float]] = {}
         self.events: dict[str, tuple[str, int]] = {}  # id -> (json, expiry)
         self.event_runs: dict[str, set[str]] = {}
-        self.waits: dict[str, dict[str, str]] = {}
-        self.cancels: dict[str, dict[str, str]] = {}
+        # (event name, bucket) -> field -> JSON; event name -> path -> (added, expiry)
+        self.waits: dict[tuple[str, str], dict[str, str]] = {}
+        self.cancels: dict[tuple[str, str], dict[str, str]] = {}
+        self.wait_paths: dict[str, dict[str, tuple[int, int]]] = {}
+        self.cancel_paths: dict[str, dict[str, tuple[int, int]]] = {}
         self.subscriptions: dict[str, str] = {}
         self.cron: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} prefix={self.prefix!r} runs={len(self.runs)}>"
+
+    def transient(self, exc: BaseException) -> bool:
+        return False  # nothing here is ever away
 
     # -- helpers (call with the lock held) --------------------------------------------
     def _run(self, run_id: str) -> dict[str, str] | None:
@@ -75,6 +81,23 @@ class MemoryBase:
     def _route(self, run_id: str) -> Route:
         m = self.meta.get(run_id, {})
         return Route(m.get("task", ""), m.get("queue", ""), m.get("event_name", ""))
+
+    def _live_paths(self, table: dict[str, dict[str, tuple[int, int]]], name: str,
+                    now: int) -> list[str]:
+        paths = table.get(name, {})
+        for path in [p for p, (_, expiry) in paths.items() if expiry <= now]:
+            del paths[path]
+        return sorted(paths)
+
+    def _use_path(self, table: dict[str, dict[str, tuple[int, int]]], name: str, path: str,
+                  now: int, expiry: int) -> int:
+        """Note ``path`` in use until ``expiry``; returns since when it has been."""
+        paths = table.setdefault(name, {})
+        added, was = paths.get(path, (now, 0))
+        if was <= now:
+            added, was = now, 0
+        paths[path] = (added, max(was, expiry))
+        return added
 
     def load_steps(self, run_id: str) -> dict[str, str]:
         with self._lock:

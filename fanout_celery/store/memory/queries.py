@@ -69,8 +69,11 @@ class MemoryQueries(MemoryBase):
 
     def waiters_of(self, event_name: str) -> Waiters:
         with self._lock:
-            return Waiters(event_name, dict(self.waits.get(event_name, {})),
-                           dict(self.cancels.get(event_name, {})))
+            steps = {f: j for (name, _), table in self.waits.items() if name == event_name
+                     for f, j in table.items()}
+            cancels = {r: j for (name, _), table in self.cancels.items() if name == event_name
+                       for r, j in table.items()}
+            return Waiters(event_name, steps, cancels)
 
     def count(self, index: Literal["events", "deadlines", "timers", "leases",
                                    "dispatch"]) -> int:

@@ -12,8 +12,17 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from ...errors import CancelRequested
-from ...model.records import FINAL, NewRun
-from ..port import Created, Dispatch, NotStarted, Resolution, Started, Waiters
+from ...model.records import ANY_BUCKET, FINAL, NewRun, event_buckets
+from ..port import (
+    CancelEntry,
+    Created,
+    Dispatch,
+    NotStarted,
+    Resolution,
+    Started,
+    WaiterRef,
+    Waiters,
+)
 from .base import status_of as _status_of
 from .flow import MemoryFlow
 from .queries import MemoryQueries
@@ -27,6 +36,7 @@ class MemoryStore(MemoryQueries, MemoryFlow):
                     now: int, dispatch_deadline: int, keep_events_ms: int,
                     lookback_ms: int) -> Created:
         with self._lock:
+            clock = self.clock()  # the store's clock dates runs and events, as in Redis
             for ev in events:
                 current = self.events.get(ev["id"])
                 if current is None or current[1] <= self.clock():
@@ -35,27 +45,41 @@ class MemoryStore(MemoryQueries, MemoryFlow):
                 self._z("events").setdefault(ev["id"], now)
             created = []
             for run in runs:
-                if self._run(run.run_id) is not None:
+                if self._run(run.run_id) is not None or \
+                        run.run_id in self.event_runs.get(run.event_ids[0], ()):
                     created.append(False)
                     continue
-                self.runs[run.run_id] = {"status": "queued", "created_at": str(now),
+                self.runs[run.run_id] = {"status": "queued", "created_at": str(clock),
                                          "attempt": "0", "events": run.events_json}
                 self.meta[run.run_id] = dict(run.meta)
                 self.steps.setdefault(run.run_id, {})
                 self._z("dispatch")[run.run_id] = dispatch_deadline
-                self._z(f"function:{run.function_id}")[run.run_id] = now
+                self._z(f"function:{run.function_id}")[run.run_id] = clock
                 for eid in run.event_ids:
                     self.event_runs.setdefault(eid, set()).add(run.run_id)
                 created.append(True)
             names: dict[str, None] = dict.fromkeys(ev["name"] for ev in events)
-            for ev in events:
-                self._z(f"recent:{ev['name']}")[ev["id"]] = now
+            waiters = []
             for name in names:
-                recent = self._z(f"recent:{name}")
-                for eid in [e for e, at in recent.items() if at <= now - lookback_ms]:
-                    del recent[eid]
-            waiters = [Waiters(n, dict(self.waits.get(n, {})), dict(self.cancels.get(n, {})))
-                       for n in names]
+                named = [ev for ev in events if ev["name"] == name]
+                wait_paths = self._live_paths(self.wait_paths, name, clock)
+                cancel_paths = self._live_paths(self.cancel_paths, name, clock)
+                noted: dict[str, None] = {ANY_BUCKET: None}
+                for ev in named:
+                    self._z(f"recent:{name}")[ev["id"]] = clock
+                    for bucket in event_buckets(ev, wait_paths):
+                        self._z(f"recent:{name}:{bucket}")[ev["id"]] = clock
+                        noted[bucket] = None
+                for zname, zset in self.zsets.items():
+                    if zname == f"recent:{name}" or zname.startswith(f"recent:{name}:"):
+                        for eid in [e for e, at in zset.items() if at <= clock - lookback_ms]:
+                            del zset[eid]
+                cancel_buckets = [ANY_BUCKET, *(b for ev in named
+                                                for b in event_buckets(ev, cancel_paths))]
+                steps = {f: j for b in noted for f, j in self.waits.get((name, b), {}).items()}
+                cancels = {r: j for b in cancel_buckets
+                           for r, j in self.cancels.get((name, b), {}).items()}
+                waiters.append(Waiters(name, steps, cancels))
             return Created(created, waiters)
 
     def record_skipped(self, runs: Sequence[NewRun], reasons: Sequence[str], *, now: int,
@@ -122,21 +146,23 @@ class MemoryStore(MemoryQueries, MemoryFlow):
         with self._lock:
             run = self._holds(run_id, token)
             self.steps.setdefault(run_id, {})[key] = record
+            run["mark"] = str(self.clock())
             run["lease_exp"] = str(lease_exp)
             self._z("leases")[run_id] = lease_exp
             if "cancel" in run:
                 raise CancelRequested()
 
     def settle(self, run_id: str, token: str, key: str, expect: str, record: str, *,
-               lease_exp: int, waiter: tuple[str, str] | None = None) -> str | None:
+               lease_exp: int, waiter: WaiterRef | None = None) -> str | None:
         with self._lock:
             run = self._holds(run_id, token)
             current = self.steps.get(run_id, {}).get(key)
             if _status_of(current) != expect:
                 return current or ""
             if waiter is not None:
-                self.waits.get(waiter[0], {}).pop(waiter[1], None)
+                self.waits.get((waiter.name, waiter.bucket), {}).pop(waiter.field, None)
             self.steps[run_id][key] = record
+            run["mark"] = str(self.clock())
             run["lease_exp"] = str(lease_exp)
             self._z("leases")[run_id] = lease_exp
             if "cancel" in run:
@@ -165,20 +191,26 @@ class MemoryStore(MemoryQueries, MemoryFlow):
             return None
 
     def park_waiting(self, run_id: str, token: str, key: str, record: str, *,
-                     event_name: str, waiter_field: str, waiter: str, timeout_at: int,
-                     since: int) -> list[str]:
+                     ref: WaiterRef, path: str | None, waiter: str, timeout_at: int,
+                     path_expires: int, any_limit: int) -> list[str]:
         with self._lock:
             run = self._holds(run_id, token)
             if "cancel" in run:
                 raise CancelRequested()
+            since = int(run.get("mark") or run.get("created_at") or 0)
             self.steps.setdefault(run_id, {})[key] = record
-            self.waits.setdefault(event_name, {})[waiter_field] = waiter
+            self.waits.setdefault((ref.name, ref.bucket), {})[ref.field] = waiter
             run.update(status="waiting", wake_at=str(timeout_at))
             self._unlease(run_id, run)
             self._z("timers")[run_id] = timeout_at
-            recent = self._z(f"recent:{event_name}")
-            return [eid for eid, at in sorted(recent.items(), key=lambda i: i[1])
-                    if at >= since]
+            source = f"recent:{ref.name}"
+            if path is not None and self._use_path(self.wait_paths, ref.name, path,
+                                                   self.clock(), path_expires) < since:
+                source = f"recent:{ref.name}:{ref.bucket}"
+            recent = self._z(source)
+            found = [eid for eid, at in sorted(recent.items(), key=lambda i: (i[1], i[0]))
+                     if at >= since]
+            return found[:any_limit] if path is None else found
 
     def finish(self, run_id: str, token: str, status: str, fields: dict[str, str], *,
                retention_ms: int) -> None:
@@ -222,10 +254,10 @@ class MemoryStore(MemoryQueries, MemoryFlow):
         return Resolution("executing")
 
     def resolve(self, run_id: str, key: str, expect: str, record: str, *, deadline: int,
-                waiter: tuple[str, str] | None = None) -> Resolution:
+                waiter: WaiterRef | None = None) -> Resolution:
         with self._lock:
             if waiter is not None:
-                self.waits.get(waiter[0], {}).pop(waiter[1], None)
+                self.waits.get((waiter.name, waiter.bucket), {}).pop(waiter.field, None)
             run = self._run(run_id)
             current = self.steps.get(run_id, {}).get(key)
             if run is None or _status_of(current) != expect or run["status"] in FINAL:
@@ -267,20 +299,22 @@ class MemoryStore(MemoryQueries, MemoryFlow):
             self.expires[run_id] = now + retention_ms
             return "cancelled"
 
-    def drop_waiters(self, entries: Sequence[tuple[str, str]]) -> None:
+    def drop_waiters(self, entries: Sequence[WaiterRef]) -> None:
         with self._lock:
-            for name, member in entries:
-                self.waits.get(name, {}).pop(member, None)
+            for w in entries:
+                self.waits.get((w.name, w.bucket), {}).pop(w.field, None)
 
-    def add_cancels(self, entries: Sequence[tuple[str, str, str]]) -> None:
+    def add_cancels(self, entries: Sequence[CancelEntry]) -> None:
         with self._lock:
-            for name, run_id, raw in entries:
-                self.cancels.setdefault(name, {})[run_id] = raw
+            for e in entries:
+                self.cancels.setdefault((e.name, e.bucket), {})[e.run_id] = e.entry
+                if e.path is not None:
+                    self._use_path(self.cancel_paths, e.name, e.path, self.clock(), e.expires)
 
-    def drop_cancels(self, entries: Sequence[tuple[str, str]]) -> None:
+    def drop_cancels(self, entries: Sequence[tuple[str, str, str]]) -> None:
         with self._lock:
-            for name, run_id in entries:
-                self.cancels.get(name, {}).pop(run_id, None)
+            for name, bucket, run_id in entries:
+                self.cancels.get((name, bucket), {}).pop(run_id, None)
 
     def add_deadlines(self, entries: Sequence[tuple[str, int]]) -> None:
         with self._lock:

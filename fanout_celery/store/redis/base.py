@@ -10,7 +10,7 @@ from typing import Any
 import redis
 
 from ...model.records import Route
-from .connect import connect
+from .connect import connect, is_transient
 from .keys import Keys
 from .lua import Scripts
 
@@ -38,12 +38,18 @@ class RedisBase:
         self.keys = Keys(prefix)
         self.client: redis.Redis[str] = client if client is not None else connect(url)
         self.scripts = _scripts()
+        # The match paths waiters and cancel_on entries of each event name were last seen
+        # using (note_events.lua corrects it when it is out of date).
+        self._paths: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} prefix={self.prefix!r}>"
 
     def close(self) -> None:
         self.client.close()
+
+    def transient(self, exc: BaseException) -> bool:
+        return is_transient(exc)
 
 
 def pack_meta(fields: dict[str, str]) -> str:

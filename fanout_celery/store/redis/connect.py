@@ -6,14 +6,32 @@ from typing import Any
 
 import redis
 
-# Errors that say "not now" rather than "never": the server is away, restarting, or
-# being failed over. Retrying later (with back-off) is the right answer to each.
+# Errors that say "not now" rather than "never": the server is away, restarting, being
+# failed over, or out of memory. Retrying later (with back-off) is the answer to each.
 TRANSIENT: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
     redis.exceptions.ReadOnlyError,
+    *(getattr(redis.exceptions, name) for name in (
+        "OutOfMemoryError", "MasterDownError", "TryAgainError", "ClusterDownError")
+      if hasattr(redis.exceptions, name)),
 )
+# The same errors as Redis words them, for replies redis-py maps to a plain ResponseError
+# (inside MULTI, or from a script): OOM, READONLY, LOADING, MASTERDOWN, TRYAGAIN.
+TRANSIENT_PREFIXES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a Redis error is worth retrying later (see ``TRANSIENT``)."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    if isinstance(exc, redis.exceptions.ResponseError):
+        text = str(exc).lstrip("-")
+        return text.startswith(TRANSIENT_PREFIXES) or any(
+            f"-{prefix} " in text or f" {prefix} " in text for prefix in TRANSIENT_PREFIXES
+            if prefix in ("OOM", "READONLY"))
+    return False
 
 
 def connect(url: str, **options: Any) -> redis.Redis[str]:

@@ -55,20 +55,34 @@ class Keys:
         """Hash: function id -> the time (ms) up to which its cron slots were examined."""
         return f"{self.prefix}:cron"
 
-    def waits(self, event_name: str) -> str:
+    def waits(self, event_name: str, bucket: str) -> str:
         """Hash: ``<run_id> <step key>`` -> JSON waiter (match path, value, timeout) of the
-        steps waiting for an event of that name."""
-        return f"{self.prefix}:waits:{event_name}"
+        steps waiting for an event of that name whose match value falls in ``bucket``
+        (``<path>=<digest of the value>``, or ``*`` for waiters without a match)."""
+        return f"{self.prefix}:waits:{event_name}:{bucket}"
+
+    def wait_paths(self, event_name: str) -> str:
+        """Hash: match path -> ``added_ms|expiry_ms``, the paths waiters of that name use
+        (senders note each event under the bucket of every one)."""
+        return f"{self.prefix}:waitpaths:{event_name}"
 
     def recent(self, event_name: str) -> str:
-        """Zset: event id -> time sent, for the last few minutes of events of that name,
-        so a wait registered just after its event still finds it."""
+        """Zset: event id -> time noted (server ms), the last few minutes of events of that
+        name, so a wait registered just after its event still finds it."""
         return f"{self.prefix}:recent:{event_name}"
 
-    def cancels(self, event_name: str) -> str:
+    def recent_bucket(self, event_name: str, bucket: str) -> str:
+        """Zset: the same, for the events of one match-value bucket."""
+        return f"{self.prefix}:recent:{event_name}:{bucket}"
+
+    def cancels(self, event_name: str, bucket: str) -> str:
         """Hash: run id -> JSON (match path, value, expiry) of runs an event of that name
-        cancels (``cancel_on``)."""
-        return f"{self.prefix}:cancels:{event_name}"
+        cancels (``cancel_on``), by match-value bucket as for waits."""
+        return f"{self.prefix}:cancels:{event_name}:{bucket}"
+
+    def cancel_paths(self, event_name: str) -> str:
+        """Hash: match path -> ``added_ms|expiry_ms``, the paths cancel_on entries use."""
+        return f"{self.prefix}:cancelpaths:{event_name}"
 
     @property
     def deadlines(self) -> str:

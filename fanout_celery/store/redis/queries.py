@@ -81,11 +81,14 @@ class QueryOps(RedisBase):
         return {"timer": timer, "lease": lease, "dispatch": dispatch}
 
     def waiters_of(self, event_name: str) -> Waiters:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(self.keys.waits(event_name))
-        pipe.hgetall(self.keys.cancels(event_name))
-        steps, cancels = pipe.execute()
-        return Waiters(event_name, dict(steps), dict(cancels))
+        out: list[dict[str, str]] = []
+        for pattern in (self.keys.waits(event_name, "*"), self.keys.cancels(event_name, "*")):
+            merged: dict[str, str] = {}
+            # The bucket "*" is a literal key too, and a pattern matching every bucket.
+            for key in self.client.scan_iter(match=pattern, count=500):
+                merged.update(self.client.hgetall(key))
+            out.append(merged)
+        return Waiters(event_name, out[0], out[1])
 
     def count(self, index: Literal["events", "deadlines", "timers", "leases",
                                    "dispatch"]) -> int:

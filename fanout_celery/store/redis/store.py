@@ -11,8 +11,17 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from ...errors import CancelRequested, LeaseLostError
-from ...model.records import NewRun
-from ..port import Created, Dispatch, NotStarted, Resolution, Started, Waiters
+from ...model.records import ANY_BUCKET, NewRun, event_buckets
+from ..port import (
+    CancelEntry,
+    Created,
+    Dispatch,
+    NotStarted,
+    Resolution,
+    Started,
+    WaiterRef,
+    Waiters,
+)
 from .base import RedisBase, expand, pack_meta, pairs, route_of
 from .flow import FlowOps
 from .lua import execute
@@ -56,17 +65,16 @@ class RedisStore(QueryOps, FlowOps, RedisBase):
             args += [run.run_id, pack_meta(run.meta), run.events_json]
         if runs or events:
             self.scripts.create_runs.queue(pipe, keys, args)
+        named = {name: [e for e in events if e["name"] == name] for name in by_name}
         # After the events are stored: a wait registered between the two would otherwise
         # find the ids in `recent` but not the events.
-        for name, ids in by_name.items():
-            self.scripts.note_events.queue(
-                pipe, [k.recent(name), k.waits(name), k.cancels(name)],
-                [now, now - lookback_ms, lookback_ms, *ids])
+        for name, group in named.items():
+            self._queue_note(pipe, name, group, lookback_ms)
         results = execute(pipe, self.scripts, self.client)
         created = [bool(r) for r in results[0]] if (runs or events) else []
         notes = results[1:] if (runs or events) else results
-        waiters = [Waiters(name, pairs(w), pairs(c))
-                   for name, (w, c) in zip(by_name, notes, strict=True)]
+        waiters = [self._noted(name, named[name], note, lookback_ms)
+                   for name, note in zip(named, notes, strict=True)]
         # A batch run (several events) is listed under each of its events.
         extra = [(run, eid) for run, made in zip(runs, created, strict=True) if made
                  for eid in run.event_ids[1:]]
@@ -77,6 +85,45 @@ class RedisStore(QueryOps, FlowOps, RedisBase):
                 pipe.pexpire(k.event_runs(eid), keep_events_ms)
             pipe.execute()
         return Created(created, waiters)
+
+    def _queue_note(self, pipe: Any, name: str, events: Sequence[dict[str, Any]],
+                    lookback_ms: int) -> None:
+        """Queue ``note_events.lua`` for events of one name, with the buckets of the
+        match paths this store last saw in use for it."""
+        k = self.keys
+        wait_paths, cancel_paths = self._paths.get(name, ((), ()))
+        recent: dict[str, list[str]] = {}
+        cancel_buckets: dict[str, None] = {}
+        for ev in events:
+            for bucket in event_buckets(ev, wait_paths):
+                recent.setdefault(bucket, []).append(ev["id"])
+            cancel_buckets.update(dict.fromkeys(event_buckets(ev, cancel_paths)))
+        wait_keys = [k.waits(name, b) for b in [ANY_BUCKET, *recent]]
+        cancel_keys = [k.cancels(name, b) for b in [ANY_BUCKET, *cancel_buckets]]
+        args: list[Any] = [lookback_ms, ",".join(sorted(wait_paths)),
+                           ",".join(sorted(cancel_paths)), len(recent), len(wait_keys),
+                           len(cancel_keys), len(events), *(ev["id"] for ev in events)]
+        for ids in recent.values():
+            args += [len(ids), *ids]
+        self.scripts.note_events.queue(
+            pipe, [k.recent(name), k.wait_paths(name), k.cancel_paths(name),
+                   *(k.recent_bucket(name, b) for b in recent), *wait_keys, *cancel_keys],
+            args)
+
+    def _noted(self, name: str, events: Sequence[dict[str, Any]], reply: Any,
+               lookback_ms: int) -> Waiters:
+        """The waiters ``note_events.lua`` returned; when the paths in use changed, note
+        the events again with the current ones (a bounded number of times: paths change
+        only when a waiter of a new path registers)."""
+        for _ in range(10):
+            if reply[0] != "paths":
+                return Waiters(name, pairs(reply[0]), pairs(reply[1]))
+            self._paths[name] = (tuple(p for p in reply[1].split(",") if p),
+                                 tuple(p for p in reply[2].split(",") if p))
+            pipe = self.client.pipeline(transaction=False)
+            self._queue_note(pipe, name, events, lookback_ms)
+            [reply] = execute(pipe, self.scripts, self.client)
+        raise RuntimeError(f"the match paths of {name!r} keep changing; events not noted")
 
     def record_skipped(self, runs: Sequence[NewRun], reasons: Sequence[str], *, now: int,
                        retention_ms: int) -> None:
@@ -134,12 +181,12 @@ class RedisStore(QueryOps, FlowOps, RedisBase):
         _fenced(code, run_id, f"before step {key!r}")
 
     def settle(self, run_id: str, token: str, key: str, expect: str, record: str, *,
-               lease_exp: int, waiter: tuple[str, str] | None = None) -> str | None:
+               lease_exp: int, waiter: WaiterRef | None = None) -> str | None:
         k = self.keys
-        waits = k.waits(waiter[0]) if waiter else k.run(run_id)
+        waits = k.waits(waiter.name, waiter.bucket) if waiter else k.run(run_id)
         raw = self.scripts.settle(
             self.client, [k.run(run_id), k.steps(run_id), k.leases, waits],
-            [run_id, token, key, expect, record, lease_exp, waiter[1] if waiter else ""])
+            [run_id, token, key, expect, record, lease_exp, waiter.field if waiter else ""])
         if isinstance(raw, list):
             return str(raw[1])
         _fenced(raw, run_id, f"at step {key!r}")
@@ -160,13 +207,15 @@ class RedisStore(QueryOps, FlowOps, RedisBase):
         return None
 
     def park_waiting(self, run_id: str, token: str, key: str, record: str, *,
-                     event_name: str, waiter_field: str, waiter: str, timeout_at: int,
-                     since: int) -> list[str]:
+                     ref: WaiterRef, path: str | None, waiter: str, timeout_at: int,
+                     path_expires: int, any_limit: int) -> list[str]:
         k = self.keys
         raw = self.scripts.park_waiting(
             self.client, [k.run(run_id), k.steps(run_id), k.leases, k.timers,
-                          k.waits(event_name), k.recent(event_name)],
-            [run_id, token, key, record, waiter_field, waiter, timeout_at, since])
+                          k.waits(ref.name, ref.bucket), k.wait_paths(ref.name),
+                          k.recent(ref.name), k.recent_bucket(ref.name, ref.bucket)],
+            [run_id, token, key, record, ref.field, waiter, timeout_at, path or "",
+             path_expires, any_limit])
         _fenced(int(raw[0]), run_id, f"at step {key!r}")
         return list(raw[1]) if len(raw) > 1 else []
 
@@ -201,12 +250,12 @@ class RedisStore(QueryOps, FlowOps, RedisBase):
 
     # -- from outside a run -----------------------------------------------------------
     def resolve(self, run_id: str, key: str, expect: str, record: str, *, deadline: int,
-                waiter: tuple[str, str] | None = None) -> Resolution:
+                waiter: WaiterRef | None = None) -> Resolution:
         k = self.keys
-        waits = k.waits(waiter[0]) if waiter else k.run(run_id)
+        waits = k.waits(waiter.name, waiter.bucket) if waiter else k.run(run_id)
         raw = self.scripts.resolve(
             self.client, [k.run(run_id), k.steps(run_id), k.timers, waits],
-            [run_id, key, expect, record, waiter[1] if waiter else "", deadline])
+            [run_id, key, expect, record, waiter.field if waiter else "", deadline])
         return _resolution(raw)
 
     def join(self, parent: str, group: str, branch: str, record: str, *, branches: int,
@@ -225,11 +274,12 @@ class RedisStore(QueryOps, FlowOps, RedisBase):
         assert outcome in ("cancelled", "requested", "final", "missing")
         return outcome  # type: ignore[return-value]
 
-    def drop_waiters(self, entries: Sequence[tuple[str, str]]) -> None:
-        self._hdel_all([(self.keys.waits(name), member) for name, member in entries])
+    def drop_waiters(self, entries: Sequence[WaiterRef]) -> None:
+        self._hdel_all([(self.keys.waits(w.name, w.bucket), w.field) for w in entries])
 
-    def drop_cancels(self, entries: Sequence[tuple[str, str]]) -> None:
-        self._hdel_all([(self.keys.cancels(name), member) for name, member in entries])
+    def drop_cancels(self, entries: Sequence[tuple[str, str, str]]) -> None:
+        self._hdel_all([(self.keys.cancels(name, bucket), run_id)
+                        for name, bucket, run_id in entries])
 
     def _hdel_all(self, entries: Sequence[tuple[str, str]]) -> None:
         if entries:
@@ -238,12 +288,22 @@ class RedisStore(QueryOps, FlowOps, RedisBase):
                 pipe.hdel(key, member)
             pipe.execute()
 
-    def add_cancels(self, entries: Sequence[tuple[str, str, str]]) -> None:
-        if entries:
-            pipe = self.client.pipeline(transaction=False)
-            for name, run_id, raw in entries:
-                pipe.hset(self.keys.cancels(name), run_id, raw)
-            pipe.execute()
+    def add_cancels(self, entries: Sequence[CancelEntry]) -> None:
+        by_name: dict[str, list[CancelEntry]] = {}
+        for entry in entries:
+            by_name.setdefault(entry.name, []).append(entry)
+        if not by_name:
+            return
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for name, group in by_name.items():
+            args: list[Any] = []
+            for e in group:
+                args += [e.run_id, e.entry, e.path or "", e.expires]
+            self.scripts.add_cancels.queue(
+                pipe, [k.cancel_paths(name), *(k.cancels(name, e.bucket) for e in group)],
+                args)
+        execute(pipe, self.scripts, self.client)
 
     def add_deadlines(self, entries: Sequence[tuple[str, int]]) -> None:
         if entries:

@@ -1,12 +1,14 @@
 -- Store a chunk of events and create the runs they start, each unless it exists (run ids
 -- are deterministic: this is the SET NX that makes a re-sent event, a replayed send_event
--- or two beats start one run). One call per chunk keeps the fan-out to one round trip.
+-- or two beats start one run). A run its event's run list already names was created
+-- before and has expired (retention shorter than the dedupe window): it is not created
+-- again while that list lives (the dedupe window). One call per chunk: one round trip.
 -- KEYS: 1 dispatch, 2 events index, then one key per event (its record), then three per
 --       run (run, function_runs, event_runs)
--- ARGV: 1 now_ms, 2 dispatch_deadline_ms, 3 keep_events_ms, 4 event count, then per event
+-- ARGV: 1 now_ms (unused: the server's clock dates runs and events), 2 dispatch_deadline_ms, 3 keep_events_ms, 4 event count, then per event
 --       (id, json), then per run (run_id, meta json, events json)
 -- Returns, per run, 1 if this call created it, else 0.
-local now, deadline, keep = ARGV[1], ARGV[2], ARGV[3]
+local now, deadline, keep = server_ms(), ARGV[2], ARGV[3]
 local events = tonumber(ARGV[4])
 local a = 5
 for i = 1, events do
@@ -19,7 +21,7 @@ local k = 3 + events
 local i = 1
 while a <= #ARGV do
   local run_id = ARGV[a]
-  if redis.call('EXISTS', KEYS[k]) == 1 then
+  if redis.call('EXISTS', KEYS[k]) == 1 or redis.call('SISMEMBER', KEYS[k + 2], run_id) == 1 then
     out[i] = 0
   else
     redis.call('HSET', KEYS[k], 'status', 'queued', 'created_at', now, 'attempt', '0',

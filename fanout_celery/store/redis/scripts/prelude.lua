@@ -2,6 +2,13 @@
 -- The statuses a run never leaves; written once, here (model/records.py has the same set).
 local FINAL = {completed = true, failed = true, cancelled = true, skipped = true}
 
+-- The server's clock, in ms: every ordering a guarantee depends on (an event noted before
+-- or after a wait registered) uses it, so clients' clocks may disagree.
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
 local function is_final(status)
   return status ~= false and status ~= nil and FINAL[status] == true
 end
