@@ -17,6 +17,9 @@ A refused ack is then logged and the message stays unacknowledged (kombu restore
 the run's lease or dispatch cover in the store brings the run back either way), and a
 refused ``BRPOP`` makes the consumer reconnect until Redis takes writes again.
 
+A refused acknowledgement still frees the message's prefetch slot (``QoS``), or a few of
+them would stop the consumer taking messages for good.
+
 It also guards the task channel of a connection Celery has already collected (after a
 connection error it closes the channels and detaches the transport): a late ack or a
 restore of unacknowledged messages then needs a client the channel can no longer build,
@@ -35,6 +38,7 @@ import logging
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 
 from ..model.settings import read_setting
 from ..store.redis import TRANSIENT
@@ -48,9 +52,35 @@ TRANSPORT = "fanout_celery.integration.transport:Transport"
 SCHEMES = ("redis://", "redis+socket://", "socket://")
 
 
+class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS, which frees a message's prefetch slot even when Redis refused
+    to forget the message (its ack or reject raised).
+
+    The message's entry then stays in Redis's "unacked" set and comes back after the
+    visibility timeout (the run answers "done" or "busy"); without this, a few refused
+    acks would fill the prefetch window and the worker would never consume again."""
+
+    def ack(self, delivery_tag: Any) -> None:
+        try:
+            self._remove_from_indices(delivery_tag).execute()
+        finally:
+            virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        try:
+            if requeue:
+                self.restore_by_tag(delivery_tag, leftmost=True)
+            else:
+                self._remove_from_indices(delivery_tag).execute()
+        finally:
+            virtual.QoS.ack(self, delivery_tag)
+
+
 class Channel(kombu_redis.Channel):
     """kombu's Redis channel, which refuses to build a client once its transport is
     detached (raising a connection error, not ``AttributeError``)."""
+
+    QoS = QoS
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         transport = getattr(self, "connection", None)  # None once fully closed
@@ -60,7 +90,7 @@ class Channel(kombu_redis.Channel):
             raise ConnectionError(
                 "the broker connection of this channel was closed; its unacknowledged "
                 "messages come back after the visibility timeout")
-        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
+        return super()._connparams(asynchronous=asynchronous)
 
 
 class Transport(kombu_redis.Transport):

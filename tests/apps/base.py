@@ -17,6 +17,7 @@ from celery import Celery
 from celery.signals import worker_ready
 
 from fanout_celery import Fanout
+from fanout_celery.store.redis import connect
 
 URL = os.environ["FANOUT_TEST_REDIS_URL"]
 
@@ -39,7 +40,8 @@ def worker_app(name: str, **conf: Any) -> tuple[Celery, Fanout, redis.Redis[str]
         **conf,
     })
     fanout = Fanout(app)
-    client: redis.Redis[str] = redis.Redis.from_url(URL, decode_responses=True)
+    # The package's client: it retries what a failover or a full Redis refuses for now.
+    client: redis.Redis[str] = connect(URL)
 
     def announce_ready(sender: Any = None, **kwargs: Any) -> None:
         fanout.publish_subscriptions()

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 # Errors that say "not now" rather than "never": the server is away, restarting, being
 # failed over, or out of memory. Retrying later (with back-off) is the answer to each.
-TRANSIENT: tuple[type[BaseException], ...] = (
+TRANSIENT: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
@@ -34,12 +36,33 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+# A command refused with one of these is retried this many times, backing off from
+# BACKOFF_BASE up to BACKOFF_CAP seconds between tries (about 8 s in all), each time on a
+# new connection: after a failover behind a stable address, that reaches the new primary.
+RETRIES = 10
+BACKOFF_BASE = 0.05
+BACKOFF_CAP = 2.0
+
+
+def retry_policy() -> Retry:
+    """How the state client retries transient errors (see ``TRANSIENT``)."""
+    return Retry(ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE), RETRIES,
+                 supported_errors=TRANSIENT)
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry ``attempt`` (1-based), as ``retry_policy`` does."""
+    return float(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))
+
+
 def connect(url: str, **options: Any) -> redis.Redis[str]:
-    """A client for ``redis://``, ``rediss://``, ``unix://`` or kombu's ``redis+socket://``."""
+    """A client for ``redis://``, ``rediss://``, ``unix://`` or kombu's ``redis+socket://``,
+    retrying transient errors (a restart, a failover, a full Redis) with back-off."""
     if url.startswith("redis+socket://"):
         url = "unix://" + url[len("redis+socket://"):]
     settings: dict[str, Any] = {"decode_responses": True, "health_check_interval": 30,
-                                "retry_on_timeout": True, "socket_keepalive": True}
+                                "socket_keepalive": True, "retry": retry_policy(),
+                                "retry_on_error": list(TRANSIENT)}
     settings.update(options)
     return redis.Redis.from_url(url, **settings)
 

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from redis.exceptions import NoScriptError
+
+from .connect import RETRIES, backoff, is_transient
 
 SCRIPTS = Path(__file__).with_name("scripts")
 INCLUDE_RE = re.compile(r"^--! include (\w+)\s*$", re.M)
@@ -81,18 +84,28 @@ class Scripts:
 
 
 def execute(pipe: Any, scripts: Scripts, client: Any) -> list[Any]:
-    """Execute ``pipe``; commands refused with ``NOSCRIPT`` are run again after the
-    scripts are loaded. Other errors are raised as redis-py would."""
+    """Execute ``pipe``. Commands refused with ``NOSCRIPT`` are run again after the
+    scripts are loaded; commands refused with a transient error (``READONLY`` during a
+    failover, ``OOM``, ``LOADING``: see ``connect.TRANSIENT``) are run again with the
+    client's back-off, on a new connection. Either way the refused command did not run,
+    and only such commands run again, in their order. Other errors are raised."""
     commands = list(getattr(pipe, "command_stack", []))
     results = pipe.execute(raise_on_error=False)
-    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-    if missing:
-        scripts.load_all(client)
+    for attempt in range(RETRIES + 1):
+        refused = [i for i, r in enumerate(results)
+                   if isinstance(r, NoScriptError) or (attempt < RETRIES and is_transient(r))]
+        if not refused:
+            break
+        if any(isinstance(results[i], NoScriptError) for i in refused):
+            scripts.load_all(client)
+        else:
+            time.sleep(backoff(attempt + 1))
+            client.connection_pool.disconnect()  # reconnect: it may reach a new primary
         again = client.pipeline(transaction=False)
-        for i in missing:
+        for i in refused:
             args = commands[i].args if hasattr(commands[i], "args") else commands[i][0]
             again.execute_command(*args)
-        for i, value in zip(missing, again.execute(raise_on_error=False), strict=True):
+        for i, value in zip(refused, again.execute(raise_on_error=False), strict=True):
             results[i] = value
     for value in results:
         if isinstance(value, Exception):
