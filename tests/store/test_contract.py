@@ -324,7 +324,7 @@ def test_a_woken_run_has_its_slot_reserved_until_it_starts(store: Store) -> None
                       queue_score=2).kind == "wait"
     assert store.gate(c, now=t, slot_exp=t + 10_000, slots=limit1, throttle=None,
                       queue_score=3).kind == "wait"
-    assert store.waiting_queues() == limit1
+    assert store.waiting_queues() == (0, limit1)
 
     def release(run_id: str) -> list[str]:
         return store.release(run_id, limit1, now=t, deadline=t + 300_000,

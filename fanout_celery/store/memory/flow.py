@@ -83,9 +83,16 @@ class MemoryFlow(MemoryBase):
                     self.registry.pop(self._slot_key(s), None)
         return out
 
-    def waiting_queues(self) -> list[SlotSet]:
+    def waiting_queues(self, cursor: int = 0, count: int = 200) -> tuple[int, list[SlotSet]]:
         with self._lock:
-            return list(self.registry.values())
+            sets = sorted(self.registry.values(), key=lambda s: (s.scope, s.value))
+        page = sets[cursor:cursor + count]
+        return (cursor + count if cursor + count < len(sets) else 0), page
+
+    def reconcile(self, slots: Sequence[SlotSet], *, now: int, deadline: int,
+                  reserve_until: int) -> list[list[str]]:
+        return [self.release("", [s], now=now, deadline=deadline, reserve_until=reserve_until)
+                for s in slots]
 
     def slot_state(self, slot_set: SlotSet) -> tuple[list[str], list[str]]:
         with self._lock:

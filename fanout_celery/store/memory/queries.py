@@ -27,12 +27,14 @@ class MemoryQueries(MemoryBase):
             return [sorted(self.event_runs.get(e, ())) for e in event_ids]
 
     def function_run_ids(self, function_ids: Sequence[str], since: int | None = None,
-                         until: int | None = None) -> list[tuple[float, str]]:
+                         until: int | None = None,
+                         limit: int | None = None) -> list[tuple[float, str]]:
         with self._lock:
             rows = [(float(at), rid) for fid in function_ids
                     for rid, at in self._z(f"function:{fid}").items()
                     if (since is None or at >= since) and (until is None or at <= until)]
-        return sorted(rows, reverse=True)
+        rows.sort(reverse=True)
+        return rows if limit is None else rows[:limit]
 
     def event_ids(self, since: int | None, start: int, num: int) -> list[str]:
         with self._lock:

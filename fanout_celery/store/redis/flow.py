@@ -15,6 +15,7 @@ from typing import Any, Literal
 from ...model.records import NewRun
 from ..port import FlowKey, Gate, SlotSet
 from .base import RedisBase, pack_meta
+from .lua import execute
 
 
 def _registry_entry(s: SlotSet) -> str:
@@ -49,13 +50,25 @@ class FlowOps(RedisBase):
             self.client, keys, [run_id, now, deadline, reserve_until,
                                 *[s.limit for s in slots]]))
 
-    def waiting_queues(self) -> list[SlotSet]:
+    def waiting_queues(self, cursor: int = 0, count: int = 200) -> tuple[int, list[SlotSet]]:
+        cursor, found = self.client.hscan(self.keys.waiting, cursor, count=count)
         out = []
-        for raw in self.client.hgetall(self.keys.waiting).values():
+        for raw in found.values():
             parts = raw.split("|")
             if len(parts) == 3 and parts[2].isdigit():  # else written by another version
                 out.append(SlotSet(parts[0], parts[1], int(parts[2])))
-        return out
+        return int(cursor), out
+
+    def reconcile(self, slots: Sequence[SlotSet], *, now: int, deadline: int,
+                  reserve_until: int) -> list[list[str]]:
+        if not slots:
+            return []
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for s in slots:
+            self.scripts.release.queue(pipe, [k.timers, k.waiting, k.slots(s), k.queue(s)],
+                                       ["", now, deadline, reserve_until, s.limit])
+        return [list(r) for r in execute(pipe, self.scripts, self.client)]
 
     def slot_state(self, slot_set: SlotSet) -> tuple[list[str], list[str]]:
         pipe = self.client.pipeline(transaction=False)

@@ -36,14 +36,17 @@ class QueryOps(RedisBase):
         return [sorted(ids) for ids in pipe.execute()]
 
     def function_run_ids(self, function_ids: Sequence[str], since: int | None = None,
-                         until: int | None = None) -> list[tuple[float, str]]:
+                         until: int | None = None,
+                         limit: int | None = None) -> list[tuple[float, str]]:
         pipe = self.client.pipeline(transaction=False)
         for fid in function_ids:
             pipe.zrevrangebyscore(self.keys.function_runs(fid),
                                   "+inf" if until is None else until,
-                                  "-inf" if since is None else since, withscores=True)
-        return sorted(((score, rid) for rows in pipe.execute() for rid, score in rows),
+                                  "-inf" if since is None else since, withscores=True,
+                                  start=None if limit is None else 0, num=limit)
+        rows = sorted(((score, rid) for rows in pipe.execute() for rid, score in rows),
                       reverse=True)
+        return rows if limit is None else rows[:limit]
 
     def event_ids(self, since: int | None, start: int, num: int) -> list[str]:
         return list(self.client.zrevrangebyscore(
