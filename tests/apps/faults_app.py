@@ -1,4 +1,4 @@
-"""The Celery app of the fault tests (``tests/chaos/test_faults.py``), run in worker
+"""The Celery app of the fault tests (``tests/chaos/test_redis_faults.py``), run in worker
 subprocesses by ``tests/procs.py``.
 
 - ``fault-cancel-park``: asks for its own cancel while executing, then parks in a sleep:
