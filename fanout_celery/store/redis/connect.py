@@ -37,9 +37,9 @@ def is_transient(exc: BaseException) -> bool:
 
 
 # A command refused with one of these is retried this many times, backing off from
-# BACKOFF_BASE up to BACKOFF_CAP seconds between tries (about 8 s in all), each time on a
+# BACKOFF_BASE up to BACKOFF_CAP seconds between tries (about 5 s in all), each time on a
 # new connection: after a failover behind a stable address, that reaches the new primary.
-RETRIES = 10
+RETRIES = 6
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
 
