@@ -35,7 +35,7 @@ def fig_replay(b: Bench) -> None:
         probe.requests.clear()
         with probe.counting():
             started = time.perf_counter()
-            status = run_attempt(fanout.services, definition, run_ids[-1])
+            status = run_attempt(fanout.services, definition, run_ids[-1]).status
             first.append(time.perf_counter() - started)
         if status != "sleeping":
             raise RuntimeError(f"the first attempt ended {status}, expected sleeping")
@@ -53,7 +53,7 @@ def fig_replay(b: Bench) -> None:
         probe.requests.clear()
         with probe.counting():
             started = time.perf_counter()
-            status = run_attempt(fanout.services, definition, run_id)
+            status = run_attempt(fanout.services, definition, run_id).status
             replays.append(time.perf_counter() - started)
         if status != "completed":
             raise RuntimeError(f"the replay ended {status}, expected completed")

@@ -114,7 +114,7 @@ def _inproc_round_trips(b: Bench) -> dict[str, object]:
         run_id = derived_id("bench-inproc", event_id)
         with probe.counting():
             started = time.perf_counter()
-            status = run_attempt(fanout.services, definition, run_id)
+            status = run_attempt(fanout.services, definition, run_id).status
             elapsed = time.perf_counter() - started
     if status != "completed":
         raise RuntimeError(f"in-process run ended {status}")

@@ -13,6 +13,7 @@ from .errors import (
     NoSubscriptionsError,
     RetryAfterError,
     RunFailedError,
+    RunNotFoundError,
     RunTimeoutError,
     StepError,
     StepOutputError,
@@ -20,6 +21,7 @@ from .errors import (
     UnknownFunctionError,
 )
 from .fanout import Fanout
+from .integration import signals
 from .integration.task import Function
 from .model.cancellation import CancelOn, Timeouts
 from .model.events import Event
@@ -68,6 +70,7 @@ __all__ = [
     "Run",
     "RunNode",
     "RunFailedError",
+    "RunNotFoundError",
     "RunTimeoutError",
     "Singleton",
     "Step",
@@ -79,4 +82,5 @@ __all__ = [
     "TooManyStepsError",
     "UnknownFunctionError",
     "__version__",
+    "signals",
 ]

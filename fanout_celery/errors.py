@@ -59,8 +59,15 @@ class RunTimeoutError(FanoutError, TimeoutError):
 
 
 class RunFailedError(FanoutError):
-    """Raised by a function's Celery task when its run failed, so that the task itself
-    ends as FAILURE in Flower and the result backend. The run's error is on the run."""
+    """A function's Celery task ends with the error that failed its run (the handler's or
+    a step's own exception, so ``task_failure`` receivers and Flower see it); this one
+    stands in when that exception is not at hand (a run failed by a replay of a step's
+    recorded failure). The run's recorded error is on the run."""
+
+
+class RunNotFoundError(FanoutError, LookupError):
+    """A function's task was given a run id that names no run (never created, expired,
+    or not a run id at all: the task was called by hand)."""
 
 
 class NonRetriableError(FanoutError):
@@ -109,12 +116,15 @@ class Suspend(BaseException):  # noqa: N818 - a control-flow signal, not an erro
     """Internal: unwinds the handler to park the run until ``wake_at`` (ms)."""
 
     def __init__(self, status: str, wake_at_ms: int | None,
-                 step: tuple[str, str, dict[str, Any]] | None = None) -> None:
+                 step: tuple[str, str, dict[str, Any]] | None = None,
+                 error: BaseException | None = None) -> None:
         super().__init__(status)
         self.status = status
         self.wake_at_ms = wake_at_ms
         # (step key, encoded record, record) to checkpoint together with parking.
         self.step = step
+        # The error of a step that parks to retry after its back-off.
+        self.error = error
         # True when the step already parked the run (atomically with registering a wait).
         self.parked = False
 

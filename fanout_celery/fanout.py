@@ -24,7 +24,7 @@ from .errors import (
     RunTimeoutError,
     UnknownFunctionError,
 )
-from .integration import beat, host
+from .integration import beat, host, signals
 from .integration.bootsteps import PumpStep
 from .integration.publisher import CeleryBroker
 from .integration.task import Function, register
@@ -117,7 +117,9 @@ class Fanout:
             self._services = Services(
                 store=engine.store, effects=engine.effects, admission=engine.admission,
                 leases=LeaseKeeper(engine.store, self.settings), settings=self.settings,
-                middleware=self.middleware, event_types=self.event_types)
+                middleware=self.middleware, event_types=self.event_types,
+                on_start=lambda run_id, fid, n: signals.run_started.send(
+                    sender=fid, run_id=run_id, executions=n))
         return self._services
 
     def reload_settings(self) -> None:

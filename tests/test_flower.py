@@ -155,7 +155,7 @@ def test_flower_lists_runs_with_their_run_id_event_name_and_parked_state(
             runs[SLEEP]: ["SLEEPING"],
             runs[WAIT]: ["WAITING"],
             # Parked for its back-off, then a new task message resumes it.
-            runs[FLAKY]: ["RETRYING", "SUCCESS"],
+            runs[FLAKY]: ["RETRY", "SUCCESS"],
             runs[FAIL]: ["FAILURE"],
             runs[QUEUED]: ["PENDING"],
         }
@@ -176,9 +176,52 @@ def test_flower_lists_runs_with_their_run_id_event_name_and_parked_state(
             assert ast.literal_eval(task["kwargs"]) == {"event": name}
     # A parked task sent no task-succeeded event.
     assert tasks[runs[SLEEP]][0]["succeeded"] is None
-    assert "RunFailedError" in tasks[runs[FAIL]][0]["exception"]
+    # The failed run's task carries the handler's own error.
+    assert tasks[runs[FAIL]][0]["exception"] == "NonRetriableError('rejected on purpose')"
     # Flower's search finds a run's task by the run id.
     assert list(found) == [tasks[runs[SLEEP]][0]["uuid"]]
+
+
+def test_a_finished_runs_attempts_read_final_and_a_retry_is_found_as_retry(
+        redis_url, app, fanout):
+    with worker_process(redis_url, app=CLI_APP, events=True), \
+            flower_process(redis_url) as base:
+        flower_sees_events(base, fanout)
+        waiter, flaky = start(fanout, WAIT), start(fanout, FLAKY)
+        wait_for(lambda: fanout.get_run(waiter).status == "waiting", 20, "the wait")
+        fanout.send({"name": "test/cli.approved"})
+        # The waiter's first attempt parked (WAITING); once the run completes, its task
+        # reads SUCCESS too: no attempt of a finished run reads as still waiting.
+        states = states_when_settled(base, {waiter: ["SUCCESS", "SUCCESS"],
+                                            flaky: ["RETRY", "SUCCESS"]})
+        retried = get_json(f"{base}/api/tasks?state=RETRY")
+        tasks = tasks_by_run(base)
+
+    assert states == {waiter: ["SUCCESS", "SUCCESS"], flaky: ["RETRY", "SUCCESS"]}
+    # Flower's "Retried" filter (state RETRY) finds the attempt whose step retried.
+    assert list(retried) == [tasks[flaky][0]["uuid"]]
+    assert "ConnectionError" in tasks[flaky][0]["exception"]
+
+
+def test_every_attempt_of_a_child_run_links_to_the_parent_attempt_that_started_it(
+        redis_url, app, fanout):
+    with worker_process(redis_url, app=CLI_APP, events=True), \
+            flower_process(redis_url) as base:
+        flower_sees_events(base, fanout)
+        parent = start(fanout, "test/cli.parent")
+        assert fanout.wait_for_run(parent, timeout=30).output == "rested"
+        child = fanout.get_run(parent).steps[0].detail["child_run_id"]
+        states = states_when_settled(base, {child: ["SUCCESS", "SUCCESS"],
+                                            parent: ["SUCCESS", "SUCCESS"]})
+        tasks = tasks_by_run(base)
+
+    assert states[child] == ["SUCCESS", "SUCCESS"]
+    first_parent_task = tasks[parent][0]
+    # The child's second attempt was published by a worker's pump, outside any task;
+    # it still links to the parent's attempt that invoked it, as the first one does.
+    for attempt in tasks[child]:
+        assert attempt["parent_id"] == first_parent_task["uuid"]
+        assert attempt["root_id"] == first_parent_task["root_id"]
 
 
 def test_without_fanout_task_events_a_parked_runs_task_shows_as_plain_success(

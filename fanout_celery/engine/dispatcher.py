@@ -44,6 +44,7 @@ class Dispatcher:
         """Create the runs ``records`` (validated events) start, publish the new ones;
         returns how many. ``only``: start that function's run only (invoke, cron)."""
         self.router.ensure_published()
+        context = self.broker.context()
         if not only and self.router.table_missing_for_sender():
             raise NoSubscriptionsError(
                 "no functions are published in Redis, so these events would start no run: "
@@ -59,7 +60,8 @@ class Dispatcher:
             skipped: list[tuple[NewRun, str]] = []
             for record in chunk:
                 for sub in [only] if only else self.router.subscribers(record):
-                    run = new_run(sub, [record], parent=parent, notify_parent=notify_parent)
+                    run = new_run(sub, [record], parent=parent, notify_parent=notify_parent,
+                                  extra=context or None)
                     admitted = self._admit(sub, run, record, now, skipped) if sub.flow else run
                     if admitted is not None:
                         runs.append(admitted)
@@ -121,6 +123,9 @@ class Dispatcher:
         if sub is None:  # the function is declared in this process, so this cannot be
             raise LookupError(f"function {parent.get('function')!r} is not registered")
         runs = branch_runs(sub, parent_id, json.loads(parent.get("events", "[]")), key, n)
+        context = self.broker.context()
+        if context:
+            runs = [r.with_meta(**context) for r in runs]
         now = now_ms()
         s = self.settings
         created = self.store.create_runs(runs, [], now=now, dispatch_deadline=now + s.lease_ms,

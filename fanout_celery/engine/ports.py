@@ -17,3 +17,7 @@ class Broker(Protocol):
 
     def publish(self, messages: Sequence[RunMessage]) -> None:
         """Publish each run's task message (batched where the broker allows)."""
+
+    def context(self) -> dict[str, str]:
+        """Fields to record on runs created now: the broker task this process is
+        executing, if any (``parent_task``, ``root_task``)."""

@@ -16,6 +16,7 @@ from typing import Any
 from celery import bootsteps
 
 from .host import Host, host_for
+from .task import ParkedLogFilter
 from .transport import use_guarded_transport
 
 logger = logging.getLogger("fanout.pump")
@@ -77,6 +78,13 @@ class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.pump: PumpThread | None = None
         if host_for(worker.app) is not None:
             use_guarded_transport(worker.app)
+            # Pool processes send the final events of a run's earlier attempts when the
+            # worker sends task events (-E); they read it from the app's configuration.
+            if getattr(worker, "task_events", False):
+                worker.app.conf.worker_send_task_events = True
+            trace = logging.getLogger("celery.app.trace")
+            if not any(isinstance(f, ParkedLogFilter) for f in trace.filters):
+                trace.addFilter(ParkedLogFilter())
 
     def start(self, worker: Any) -> None:
         host = host_for(worker.app)

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from celery import current_task
+
 from ..model.records import Route, RunMessage
 from ..store.redis.broker import BrokerQueues
 
@@ -26,6 +28,7 @@ logger = logging.getLogger("fanout.publish")
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+socket://")
 TID, TAG, BODY = "@@fanout-tid@@", "@@fanout-tag@@", "@@fanout-body@@"
+PARENT, ROOT = "@@fanout-parent@@", "@@fanout-root@@"
 EMBED = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
 # Messages published by kombu are batched in chunks of at most this many.
 BATCH = 1000
@@ -63,6 +66,17 @@ class CeleryBroker:
             for message in messages:
                 self.send(message, producer)
 
+    def context(self) -> dict[str, str]:
+        """The task this process is executing, so that the runs it creates (and each of
+        their attempts, published later by the pump) link to it in Flower."""
+        task = current_task
+        request = getattr(task, "request", None) if task else None
+        task_id = getattr(request, "id", None)
+        if not task_id:
+            return {}
+        return {"parent_task": str(task_id),
+                "root_task": str(getattr(request, "root_id", None) or task_id)}
+
     def send(self, message: RunMessage, producer: Any = None) -> None:
         """Publish one run's message with ``app.send_task``. The run id is the only
         argument that matters; the event name rides along so Flower shows it."""
@@ -70,6 +84,10 @@ class CeleryBroker:
         options: dict[str, Any] = {"producer": producer} if producer is not None else {}
         if route.queue:
             options["queue"] = route.queue
+        if route.parent_task:
+            options.update(parent_id=route.parent_task, root_id=route.root_task)
+        if route.priority is not None:
+            options["priority"] = route.priority
         self.app.send_task(route.task, args=[message.run_id],
                            kwargs={"event": route.event_name} if route.event_name else None,
                            serializer="json", **options)
@@ -91,7 +109,7 @@ class CeleryBroker:
                 or set(route) - {"queue"}:
             return None
         msg = amqp.as_task_v2(TID, task, args=["@@rid@@"], kwargs={"event": "@@event@@"},
-                              ignore_result=True)
+                              ignore_result=True, root_id=ROOT, parent_id=PARENT)
         envelope = {
             "body": BODY, "content-encoding": "utf-8", "content-type": "application/json",
             "headers": msg.headers,
@@ -108,16 +126,22 @@ class CeleryBroker:
         assert self._queues is not None
         by_key: dict[str, list[str]] = {}
         for message in messages:
+            if message.route.priority is not None:
+                return False  # a message priority is Celery's to encode
             template = self._template(message.route)
             if template is None:
                 return False
             key, envelope = template
             run_id, event_name = message.run_id, message.route.event_name
+            parent, root = message.route.parent_task, message.route.root_task
             # Run ids are hex and event names cannot hold quotes or backslashes, so
             # they are put in the JSON as they are.
             body = (f'[["{run_id}"], {{"event": "{event_name}"}}, {EMBED}]').encode()
+            task_id = str(uuid.uuid4())
             by_key.setdefault(key, []).append(
-                envelope.replace(TID, str(uuid.uuid4())).replace(TAG, str(uuid.uuid4()))
+                envelope.replace(f'"{PARENT}"', json.dumps(parent) if parent else "null")
+                .replace(ROOT, root or task_id)
+                .replace(TID, task_id).replace(TAG, str(uuid.uuid4()))
                 .replace("@@rid@@", run_id).replace("@@event@@", event_name)
                 .replace(BODY, base64.b64encode(body).decode()))
         self._queues.push(by_key)

@@ -43,6 +43,11 @@ class Route:
     task: str
     queue: str = ""
     event_name: str = ""
+    # The Celery task (and its root) that created the run, so that every attempt's message
+    # links to it in monitors, however the attempt was published (by the pump, say).
+    parent_task: str = ""
+    root_task: str = ""
+    priority: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,7 @@ class NewRun:
 
     @property
     def route(self) -> Route:
-        return Route(self.meta["task"], self.meta.get("queue", ""),
-                     self.meta.get("event_name", ""))
+        return route_of_meta(self.meta)
 
     @property
     def message(self) -> RunMessage:
@@ -88,6 +92,15 @@ class NewRun:
     def with_meta(self, **extra: str) -> NewRun:
         return NewRun(self.run_id, self.function_id, self.events, {**self.meta, **extra},
                       self.listed_under)
+
+
+def route_of_meta(meta: dict[str, Any]) -> Route:
+    """The route of a run, from its static fields."""
+    priority = meta.get("priority")
+    return Route(str(meta.get("task", "")), str(meta.get("queue", "")),
+                 str(meta.get("event_name", "")), str(meta.get("parent_task", "")),
+                 str(meta.get("root_task", "")),
+                 None if priority in (None, "") else int(priority))
 
 
 def run_id_for(function_id: str, event_id: str) -> str:

@@ -4,7 +4,7 @@ It talks to the store through the attempt's journal, and to the rest of the worl
 through the ``Effects`` port (``ports.py``); it knows nothing of Celery.
 """
 
-from .attempt import LeaseKeeper, run_attempt
+from .attempt import LeaseKeeper, Outcome, run_attempt
 from .services import Services
 
-__all__ = ["LeaseKeeper", "Services", "run_attempt"]
+__all__ = ["LeaseKeeper", "Outcome", "Services", "run_attempt"]

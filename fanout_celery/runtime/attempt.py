@@ -8,6 +8,7 @@ import os
 import threading
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from ..errors import LeaseLostError
 from ..model.definition import FunctionDef
@@ -65,9 +66,27 @@ class LeaseKeeper:
                 logger.warning("lease: renewal failed", exc_info=True)
 
 
-def run_attempt(services: Services, function: FunctionDef, run_id: str) -> str:
-    """Execute one attempt of ``run_id``; returns the status it left the run in (or why
-    it did not start: done, busy, early, missing, throttled, lease-lost)."""
+@dataclass
+class Outcome:
+    """How one attempt ended, for the task that reports it to Celery.
+
+    ``status``: the run's status after the attempt (completed, failed, cancelled, queued,
+    sleeping, waiting), or why it did not start (throttled, done, busy, early, missing,
+    lease-lost). ``error``: what failed the run. ``retried``: the step (None: the
+    handler body) that parks to retry, and its error. ``wake_at``: when a parked run is
+    due (ms). ``attempts``: the task ids of the run's earlier attempts, when it ended."""
+
+    status: str
+    error: BaseException | None = None
+    retried: tuple[str | None, BaseException] | None = None
+    wake_at: int | None = None
+    attempts: list[str] = field(default_factory=list)
+
+
+def run_attempt(services: Services, function: FunctionDef, run_id: str,
+                attempt_id: str = "") -> Outcome:
+    """Execute one attempt of ``run_id`` (``attempt_id``: the Celery task id of this
+    attempt, recorded on the run)."""
     store = services.store
     admission = services.admission
     slots: list[SlotSet] = []
@@ -76,10 +95,11 @@ def run_attempt(services: Services, function: FunctionDef, run_id: str) -> str:
         if gate != "ok":
             # Waiting for a concurrency slot (a release enqueues it) or throttled (a timer
             # does): either way this message is done.
-            return "throttled"
+            return Outcome("throttled")
     token = uuid.uuid4().hex
     now = services.clock()
-    started = store.start(run_id, token, now=now, lease_exp=now + services.settings.lease_ms)
+    started = store.start(run_id, token, now=now, lease_exp=now + services.settings.lease_ms,
+                          attempt=attempt_id)
     if isinstance(started, NotStarted):
         if slots and started.reason in ("done", "missing"):
             services.effects.enqueue_woken(admission.release(run_id, slots))
@@ -89,11 +109,13 @@ def run_attempt(services: Services, function: FunctionDef, run_id: str) -> str:
         logger.debug("run %s: not started (%s %s)", run_id, started.reason, started.info)
         if started.reason == "missing":
             logger.warning("run %s: no such run (expired or never created)", run_id)
-        return started.reason
+        return Outcome(started.reason)
     run = started.run
     buffer = FlowKey.loads(run.get("buffer") or "")
     if buffer is not None:  # a debounced or batched run: later events open a new one
         store.close_buffer(buffer, run_id)
+    if services.on_start is not None:
+        services.on_start(run_id, function.function_id, int(run.get("executions", 1)))
     services.leases.hold(run_id, token, slots)
     status = "lease-lost"
     try:
@@ -104,22 +126,33 @@ def run_attempt(services: Services, function: FunctionDef, run_id: str) -> str:
             store.add_deadlines([(f"finish:{run_id}", first_start + int(finish_after * 1000))])
         parent_steps = store.load_steps(run["branch_of"]) if run.get("branch_of") else None
         journal = Journal(store, run_id, token, services.settings, services.clock)
-        execution = Execution(services, function, journal, run, started.steps, parent_steps)
-        status = execution.execute()
-        return status
+        execution = Execution(services, function, journal, run, started.steps, parent_steps,
+                              attempt_id)
+        try:
+            status = execution.execute()
+        except LeaseLostError:
+            raise
+        except Exception as exc:
+            if store.transient(exc):
+                # The store is away for now: the run keeps its lease, which expires, and
+                # the pump resumes the run from its last checkpoint.
+                raise
+            # Anything else would fail the same way on every attempt: fail the run once
+            # rather than leave it to its lease and loop.
+            logger.exception("run %s: execution failed outside the handler", run_id)
+            status = execution.fail_internally(exc)
+        # The earlier attempts that parked in a wait or sleep; those that parked to retry
+        # keep their RETRY state (they did fail).
+        retried = set((run.get("retried_attempts") or "").split(","))
+        earlier = [t for t in (run.get("attempts") or "").split(",")
+                   if t and t != attempt_id and t not in retried]
+        return Outcome(status, error=execution.failure, retried=execution.retried,
+                       wake_at=execution.wake_at,
+                       attempts=earlier if status in ("completed", "failed", "cancelled")
+                       else [])
     except LeaseLostError as exc:
         logger.warning("%s; another worker resumes it", exc)
-        return "lease-lost"
-    except Exception as exc:
-        if store.transient(exc):
-            # The store is away for now: the run keeps its lease, which expires, and the
-            # pump resumes the run from its last checkpoint.
-            raise
-        # Anything else would fail the same way on every attempt: fail the run once
-        # rather than leave it to its lease and loop.
-        logger.exception("run %s: execution failed outside the handler", run_id)
-        status = execution.fail_internally(exc)
-        return status
+        return Outcome("lease-lost")
     finally:
         services.leases.release(run_id)
         if slots and status != "lease-lost":

@@ -219,4 +219,4 @@ class StepCore:
         encoded, stored = self.encode(key, {"status": "retrying", "retry_at": wake, **base})
         x.log.info("step %s attempt %d failed (%s); retry in %.2fs",
                    key, plan.attempt + 1, exc, (wake - now) / 1000)
-        raise Suspend("queued", wake, step=(key, encoded, stored))
+        raise Suspend("queued", wake, step=(key, encoded, stored), error=exc)

@@ -9,6 +9,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import BaseModel
+
 from ..errors import (
     CancelRequested,
     ConfigurationError,
@@ -89,9 +91,14 @@ class Execution(AttemptState):
                 # A cancel requested while the handler ran is seen here, at the park: an
                 # ``except CancelRequested`` below would not catch it from this block.
                 try:
-                    self.park(sus.status, sus.wake_at_ms, sus.step)
+                    retry = sus.error is not None
+                    self.park(sus.status, sus.wake_at_ms, sus.step,
+                              extra=self.retried_attempts() if retry else None)
                 except CancelRequested:
                     return self._cancelled()
+            self.wake_at = sus.wake_at_ms
+            if sus.error is not None and sus.step is not None:
+                self.retried = (sus.step[0], sus.error)
             return sus.status
         except CancelRequested:
             return self._cancelled()
@@ -120,6 +127,8 @@ class Execution(AttemptState):
         """The output as stored; ``StepOutputError`` when it cannot be: not JSON (nested
         too deep, say), not valid Unicode, or over ``fanout_max_step_output_bytes``."""
         fid = self.function.function_id
+        if isinstance(output, BaseModel):  # as step outputs are: its JSON form
+            output = output.model_dump(mode="json")
         try:
             encoded = dumps(output)
             size = len(encoded.encode())  # lone surrogates pass dumps, not UTF-8
@@ -143,9 +152,10 @@ class Execution(AttemptState):
                       self.body_attempt + 1, (wake - self.clock()) / 1000)
         try:
             self.park("queued", wake, attempt=str(self.body_attempt + 1),
-                      error=dumps(error_info(exc)))
+                      error=dumps(error_info(exc)), extra=self.retried_attempts())
         except CancelRequested:
             return self._cancelled()
+        self.wake_at, self.retried = wake, (None, exc)
         return "queued"
 
     def _call_handler(self, ctx: Context) -> Any:
@@ -167,6 +177,7 @@ class Execution(AttemptState):
                          info["type"], info["message"])
         self._announce(FUNCTION_FAILED, {"error": info}, {"status": "failed", "error": info})
         self.finish("failed", error=dumps(info))
+        self.failure = exc
         return "failed"
 
     def fail_internally(self, exc: Exception) -> str:

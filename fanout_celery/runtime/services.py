@@ -30,3 +30,6 @@ class Services:
     event_types: Mapping[str, EventType[Any]]
     body: StepBody = call_body
     clock: Callable[[], int] = now_ms
+    # Told (run id, function id, executions) when an attempt takes a run's lease: the
+    # Celery integration fires its run_started signal.
+    on_start: Callable[[str, str, int], None] | None = None

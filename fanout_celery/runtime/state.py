@@ -24,8 +24,9 @@ class AttemptState:
 
     def __init__(self, services: Services, function: FunctionDef, journal: Journal,
                  run: dict[str, str], steps: dict[str, str],
-                 parent_steps: dict[str, str] | None = None) -> None:
+                 parent_steps: dict[str, str] | None = None, attempt_id: str = "") -> None:
         self.services = services
+        self.attempt_id = attempt_id  # this attempt's Celery task id, if any
         self.effects = services.effects
         self.clock = services.clock
         self.function = function
@@ -40,6 +41,12 @@ class AttemptState:
         self.is_async = inspect.iscoroutinefunction(function.handler)
         self.mw = services.middleware
         self.ctx: Any = None  # the handler's Context, once built
+        # What the attempt ended with, for the task that reports it: the error that
+        # failed the run; the step (None: the handler body) that parked to retry, and its
+        # error; when a parked run is due.
+        self.failure: BaseException | None = None
+        self.retried: tuple[str | None, BaseException] | None = None
+        self.wake_at: int | None = None
         self.events: list[dict[str, Any]] = json.loads(run.get("events", "[]"))
         self.body_attempt = int(run.get("attempt", 0))
         self.log = logging.LoggerAdapter(logger, {"run_id": self.run_id})
@@ -86,17 +93,27 @@ class AttemptState:
         return record
 
     def park(self, status: str, wake_at: int | None, step: tuple[str, str, Any] | None = None,
-             expect: tuple[str, str] | None = None, **fields: str) -> dict[str, Any] | None:
+             expect: tuple[str, str] | None = None, extra: dict[str, str] | None = None,
+             **fields: str) -> dict[str, Any] | None:
         """Park the run until ``wake_at``. With ``expect=(key, status)``, park only if that
         step is still in that status; otherwise return its new record (resolved)."""
         current = self.journal.park(status, wake_at, (step[0], step[1]) if step else None,
-                                    expect, fields)
+                                    expect, {**fields, **(extra or {})})
         if current is None:
             return None
         record: dict[str, Any] = json.loads(current) if current else {}
         if expect is not None:
             self.memo[expect[0]] = record
         return record
+
+    def retried_attempts(self) -> dict[str, str]:
+        """The run field listing the attempts that parked to retry, this one added: their
+        tasks keep their RETRY state when the run ends (the others get a final event)."""
+        if not self.attempt_id:
+            return {}
+        earlier = self.run.get("retried_attempts", "")
+        ids = [i for i in earlier.split(",") if i][-19:] + [self.attempt_id]
+        return {"retried_attempts": ",".join(ids)}
 
     def finish(self, status: str, **fields: str) -> None:
         self.journal.finish(status, fields)

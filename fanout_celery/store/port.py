@@ -166,9 +166,10 @@ class Store(Protocol):
         only if they have not started by then."""
 
     # -- one execution ----------------------------------------------------------------
-    def start(self, run_id: str, token: str, *, now: int,
-              lease_exp: int) -> Started | NotStarted:
-        """Take the run's lease and load its record and steps, in one round trip."""
+    def start(self, run_id: str, token: str, *, now: int, lease_exp: int,
+              attempt: str = "") -> Started | NotStarted:
+        """Take the run's lease and load its record and steps, in one round trip.
+        ``attempt`` (a Celery task id) is added to the run's ``attempts`` (the last 20)."""
 
     def checkpoint(self, run_id: str, token: str, key: str, record: str, *,
                    lease_exp: int) -> None:

@@ -106,6 +106,9 @@ class Captured:
     def publish(self, messages: Sequence[RunMessage]) -> None:
         self.messages.extend(messages)
 
+    def context(self) -> dict[str, str]:
+        return {}
+
 
 @dataclass
 class Kit:

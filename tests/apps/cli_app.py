@@ -84,3 +84,16 @@ def flaky(ctx: Any) -> str:
 @fanout.function("cli-queued", event=QUEUED, queue="cli-nobody", retries=0)
 def queued(ctx: Any) -> None:
     """On a queue no worker consumes: its runs stay queued."""
+
+
+@fanout.function("cli-nap-child", event="test/cli.nap-child", retries=0)
+def nap_child(ctx: Any) -> str:
+    """Sleeps a second: its second attempt is published by the pump, not by its parent."""
+    ctx.step.sleep("nap", 1)
+    return "rested"
+
+
+@fanout.function("cli-parent", event="test/cli.parent", retries=0)
+def parent(ctx: Any) -> Any:
+    """Invokes cli-nap-child and returns its output."""
+    return ctx.step.invoke("child", function="cli-nap-child", timeout=60)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from ...errors import LeaseLostError
-from ...model.records import Route
+from ...model.records import Route, route_of_meta
 
 
 def _wall_ms() -> int:
@@ -79,8 +79,7 @@ class MemoryBase:
         return {} if run is None else {**self.meta.get(run_id, {}), **run}
 
     def _route(self, run_id: str) -> Route:
-        m = self.meta.get(run_id, {})
-        return Route(m.get("task", ""), m.get("queue", ""), m.get("event_name", ""))
+        return route_of_meta(self.meta.get(run_id, {}))
 
     def _live_paths(self, table: dict[str, dict[str, tuple[int, int]]], name: str,
                     now: int) -> list[str]:

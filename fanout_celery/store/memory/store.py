@@ -118,8 +118,8 @@ class MemoryStore(MemoryQueries, MemoryFlow):
                     dispatch[run_id] = redispatch_at
 
     # -- one execution ----------------------------------------------------------------
-    def start(self, run_id: str, token: str, *, now: int,
-              lease_exp: int) -> Started | NotStarted:
+    def start(self, run_id: str, token: str, *, now: int, lease_exp: int,
+              attempt: str = "") -> Started | NotStarted:
         with self._lock:
             run = self._run(run_id)
             if run is None:
@@ -136,6 +136,9 @@ class MemoryStore(MemoryQueries, MemoryFlow):
             run.pop("wake_at", None)
             run.setdefault("started_at", str(now))
             run["executions"] = str(int(run.get("executions", 0)) + 1)
+            if attempt:
+                ids = [i for i in run.get("attempts", "").split(",") if i] + [attempt]
+                run["attempts"] = ",".join(ids[-20:])
             self._z("leases")[run_id] = lease_exp
             self._z("timers").pop(run_id, None)
             self._z("dispatch").pop(run_id, None)

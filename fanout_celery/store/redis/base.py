@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from ...model.records import Route
+from ...model.records import Route, route_of_meta
 from .connect import connect, is_transient
 from .keys import Keys
 from .lua import Scripts
@@ -66,9 +66,7 @@ def expand(raw: dict[str, str]) -> dict[str, str]:
 
 
 def route_of(meta: str) -> Route:
-    data = json.loads(meta) if meta else {}
-    return Route(str(data.get("task", "")), str(data.get("queue", "")),
-                 str(data.get("event_name", "")))
+    return route_of_meta(json.loads(meta) if meta else {})
 
 
 def pairs(flat: Sequence[Any]) -> dict[str, str]:

@@ -161,12 +161,12 @@ class RedisStore(QueryOps, FlowOps, RedisBase):
                              xx=True)
 
     # -- one execution ----------------------------------------------------------------
-    def start(self, run_id: str, token: str, *, now: int,
-              lease_exp: int) -> Started | NotStarted:
+    def start(self, run_id: str, token: str, *, now: int, lease_exp: int,
+              attempt: str = "") -> Started | NotStarted:
         k = self.keys
         raw = self.scripts.start(
             self.client, [k.run(run_id), k.steps(run_id), k.leases, k.timers, k.dispatch],
-            [run_id, token, now, lease_exp])
+            [run_id, token, now, lease_exp, attempt])
         if raw[0] != "ok":
             return NotStarted(raw[0], raw[1])
         sep = raw.index("|")
