@@ -157,7 +157,7 @@ class Fanout:
 
     # -- declaring --------------------------------------------------------------------
     def function(self, id: str, *, event: Any = None,
-                 cron: str | Sequence[str] | None = None,
+                 cron: Any = None,
                  retries: int | RetryPolicy = 4,
                  on_failure: Callable[..., Any] | None = None,
                  name: str | None = None, queue: str | None = None,
@@ -181,8 +181,9 @@ class Fanout:
                 self.register_event_type(trigger)
         names = [t.name if isinstance(t, EventType) else t for t in triggers]
         definition = declare(
-            id, events=names, cron=cron, retries=retries, on_failure=on_failure, name=name,
-            queue=queue, cron_missed=cron_missed, cron_missed_limit=cron_missed_limit,
+            id, events=names, cron=beat.cron_text(cron), retries=retries,
+            on_failure=on_failure, name=name, queue=queue, cron_missed=cron_missed,
+            cron_missed_limit=cron_missed_limit,
             cancel_on=cancel_on, timeouts=timeouts, task_options=task_options,
             flow={"concurrency": concurrency, "throttle": throttle, "rate_limit": rate_limit,
                   "debounce": debounce, "batch_events": batch_events, "priority": priority,
@@ -197,7 +198,7 @@ class Fanout:
             bound = definition.bind(handler)
             task = self._register(bound, task_options)
             if bound.crons:
-                beat.install(self.app, self)
+                beat.install(self.app, self, bound)
             if on_failure is not None:
                 self._register(bound.failure_handler(on_failure), {})
             return task

@@ -12,18 +12,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery.schedules import crontab
 from procs import REPO_ROOT, wait_for, worker_process
 
 from fanout_celery.model.events import SCHEDULED_TIMER
 
 APP = "tests.apps.cron_app"
+WEEKLY_APP = "tests.apps.weekly_app"
 
 
 @contextlib.contextmanager
-def beat_process(redis_url: str, scheduler: str | None = None) -> Iterator[subprocess.Popen]:
-    """``celery beat`` for the cron app, with its own schedule file; always stopped."""
+def beat_process(redis_url: str, scheduler: str | None = None, app: str = APP,
+                 loglevel: str = "info") -> Iterator[subprocess.Popen]:
+    """``celery beat`` for ``app``, with its own schedule file; always stopped. The process
+    carries ``log_path``, the file its output goes to."""
     workdir = Path(tempfile.mkdtemp(prefix="beat-"))
-    cmd = [sys.executable, "-m", "celery", "-A", APP, "beat", "-l", "info",
+    cmd = [sys.executable, "-m", "celery", "-A", app, "beat", "-l", loglevel,
            "-s", str(workdir / "schedule"), "--pidfile", str(workdir / "beat.pid")]
     if scheduler:
         cmd += ["-S", scheduler]
@@ -33,6 +37,7 @@ def beat_process(redis_url: str, scheduler: str | None = None) -> Iterator[subpr
     log = open(workdir / "beat.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
+    proc.log_path = workdir / "beat.log"  # type: ignore[attr-defined]
     try:
         yield proc
     except BaseException:
@@ -116,9 +121,48 @@ def test_cron_functions_add_one_beat_entry_beside_the_users_entries(app):
         return None
 
     schedule = app.conf.beat_schedule
-    assert set(schedule) == {"mine", "fanout.cron"}
-    assert schedule["fanout.cron"]["task"] == "fanout.cron"
+    assert set(schedule) == {"mine", "fanout.cron weekly", "fanout.cron nightly #1",
+                             "fanout.cron nightly #2"}
+    weekly_entry = schedule["fanout.cron weekly"]
+    assert weekly_entry["task"] == "fanout.cron"
+    assert weekly_entry["kwargs"] == {"function": "weekly"}
+    # Celery's own crontab: beat wakes when the slot is due, as for any crontab entry.
+    assert isinstance(weekly_entry["schedule"], crontab)
+    assert weekly_entry["schedule"] == crontab(minute="0", hour="12", day_of_week="5")
+    # Another zone than the app's: beat wakes every minute, the worker finds the slot.
+    assert schedule["fanout.cron nightly #1"]["schedule"] == crontab(minute="*")
+    assert schedule["fanout.cron nightly #2"]["schedule"] == crontab(minute="0", hour="3",
+                                                                      day_of_week="6")
     assert "fanout.cron" in app.tasks
+
+
+def test_a_celery_crontab_is_accepted_and_cron_reads_the_apps_timezone(app):
+    from fanout_celery import Fanout
+
+    app.conf.timezone = "Asia/Tokyo"
+    fanout = Fanout(app)
+
+    @fanout.function("tokyo-noon", cron=crontab(minute=0, hour=12))
+    def tokyo_noon(ctx):
+        return None
+
+    [entry] = fanout.schedules(count=3)
+    assert entry["cron"] == "0 12 * * *" and entry["zone"] == "Asia/Tokyo"
+    assert all((when.hour, str(when.tzinfo)) == (12, "Asia/Tokyo") for when in entry["next"])
+    schedule = app.conf.beat_schedule["fanout.cron tokyo-noon"]["schedule"]
+    assert schedule == crontab(minute="0", hour="12")
+
+
+def test_a_beat_with_only_weekly_crons_sleeps_until_the_slot(redis_url, redis_client):
+    # The weekly function's entry is a crontab: beat's first wake-up is its longest sleep
+    # (the old 1 s tick sent a message a second, logged by the worker and shown by Flower).
+    with beat_process(redis_url, app=WEEKLY_APP, loglevel="debug") as beat:
+        line = wait_for(lambda: next((ln for ln in beat.log_path.read_text(
+            errors="replace").splitlines() if "beat: Waking up in" in ln), None), 20,
+            "beat to compute its first wake-up")
+    assert "minutes" in line or "hours" in line, line
+    assert redis_client.llen("celery") == 0
+    assert "Sending due task" not in beat.log_path.read_text(errors="replace")
 
 
 def test_schedules_lists_each_cron_with_its_next_fire_times(fanout):
@@ -148,7 +192,8 @@ def test_each_celery_app_in_a_process_gets_its_own_cron_task_and_beat_entry():
     two = Fanout(second)  # as a Django project's app, created after another one
     two.function("second-cron", cron="0 9 * * *")(lambda ctx: None)
 
-    assert "fanout.cron" in second.conf.beat_schedule
+    assert "fanout.cron second-cron" in second.conf.beat_schedule
+    assert "fanout.cron first-cron" not in second.conf.beat_schedule
     # The second app's tick dispatches its own functions, not the first app's.
     assert second.tasks["fanout.cron"] is not first.tasks["fanout.cron"]
     first.close()

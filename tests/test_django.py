@@ -8,6 +8,7 @@ SQLite database in a temporary directory and the test session's real Redis.
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -124,11 +125,16 @@ def test_the_fanout_cron_entry_reaches_django_celery_beat_tables(project):
     project.app.loader.import_default_modules()  # as `celery beat` does before its scheduler
     scheduler = DatabaseScheduler(app=project.app)  # syncs app.conf.beat_schedule
 
-    cron = PeriodicTask.objects.get(name="fanout.cron")
+    cron = PeriodicTask.objects.get(name="fanout.cron signups-daily-report")
     assert cron.task == "fanout.cron"
-    assert (cron.interval.every, cron.interval.period) == (1, "seconds")
+    assert json.loads(cron.kwargs) == {"function": "signups-daily-report"}
+    # "TZ=UTC 0 8 * * *" in a UTC project: a crontab row, not a tick every second.
+    assert cron.interval is None
+    assert (cron.crontab.minute, cron.crontab.hour, cron.crontab.day_of_week) == ("0", "8", "*")
+    assert str(cron.crontab.timezone) == "UTC"
     assert cron.enabled
     mine = PeriodicTask.objects.get(name="signups-purge-unwelcomed")
     assert mine.task == "signups.purge_unwelcomed"
     assert (mine.interval.every, mine.interval.period) == (6 * 3600, "seconds")
-    assert {"fanout.cron", "signups-purge-unwelcomed"} <= set(scheduler.schedule)
+    assert {"fanout.cron signups-daily-report",
+            "signups-purge-unwelcomed"} <= set(scheduler.schedule)

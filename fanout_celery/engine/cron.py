@@ -20,10 +20,12 @@ from .dispatcher import Dispatcher
 from .router import Router
 
 
-def timer_event(function_id: str, slot_ms: int, crons: tuple[str, ...]) -> dict[str, Any]:
-    """The ``fanout/scheduled.timer`` event of one slot (its id derives from the slot)."""
-    matching = [c for c in crons if _fires_at(parse_cron(c), slot_ms)] or list(crons)
-    spec = parse_cron(matching[0])
+def timer_event(function_id: str, slot_ms: int, crons: tuple[str, ...],
+                zone: str = "UTC") -> dict[str, Any]:
+    """The ``fanout/scheduled.timer`` event of one slot (its id derives from the slot);
+    ``zone``: the zone of crons without a ``TZ=`` prefix."""
+    matching = [c for c in crons if _fires_at(parse_cron(c, zone), slot_ms)] or list(crons)
+    spec = parse_cron(matching[0], zone)
     when = datetime.fromtimestamp(slot_ms / 1000, tz=UTC)
     return {
         "name": SCHEDULED_TIMER,
@@ -51,10 +53,13 @@ class CronScheduler:
         self.dispatcher = dispatcher
         self.settings = settings
 
-    def fire_due(self, now: int | None = None) -> int:
-        """Fire every due slot of every published cron function; returns runs started."""
+    def fire_due(self, now: int | None = None, only: str | None = None) -> int:
+        """Fire every due slot of every published cron function (``only``: of that
+        function); returns runs started."""
         now = now_ms() if now is None else now
-        subs = [s for s in self.router.all().values() if s.crons]
+        zone = self.settings.timezone
+        subs = [s for s in self.router.all().values()
+                if s.crons and (only is None or s.function_id == only)]
         if not subs:
             return 0
         marks = self.store.cron_marks([s.function_id for s in subs])
@@ -62,10 +67,10 @@ class CronScheduler:
         for sub, last in zip(subs, marks, strict=True):
             slots: set[int] = set()
             for text in sub.crons:
-                slots.update(due_slots(parse_cron(text), last, now, sub.missed,
+                slots.update(due_slots(parse_cron(text, zone), last, now, sub.missed,
                                        sub.missed_limit))
             for slot in sorted(slots):
-                event = prepare(timer_event(sub.function_id, slot, sub.crons),
+                event = prepare(timer_event(sub.function_id, slot, sub.crons, zone),
                                 max_bytes=self.settings.max_event_bytes, allow_system=True)
                 started += self.dispatcher.dispatch([event], only=sub)
         self.store.set_cron_marks({s.function_id: now for s in subs})
@@ -77,7 +82,7 @@ class CronScheduler:
         out = []
         for sub in sorted(self.router.all().values(), key=lambda s: s.function_id):
             for text in sub.crons:
-                spec = parse_cron(text)
+                spec = parse_cron(text, self.settings.timezone)
                 out.append({"function_id": sub.function_id, "cron": text, "zone": spec.zone,
                             "missed": sub.missed, "next": next_fire_times(spec, now, count)})
         return out

@@ -24,13 +24,14 @@ class CronSpec:
         return ZoneInfo(self.zone)
 
 
-def parse_cron(text: object) -> CronSpec:
+def parse_cron(text: object, default_zone: str = "UTC") -> CronSpec:
     """Validate a 5-field (or croniter's 6-field, with seconds) expression with an
-    optional ``TZ=<IANA zone> `` prefix; a bad one is ``ConfigurationError``."""
+    optional ``TZ=<IANA zone> `` prefix; a bad one is ``ConfigurationError``. Without a
+    prefix the cron is in ``default_zone`` (the Celery app's ``timezone``)."""
     if not isinstance(text, str) or not text.strip():
         raise ConfigurationError(f"a cron expression is a non-empty string, not {text!r}")
     expr = text.strip()
-    zone = "UTC"
+    zone = default_zone
     if expr.startswith(("TZ=", "CRON_TZ=")):
         head, _, expr = expr.partition(" ")
         zone = head.split("=", 1)[1]

@@ -125,6 +125,9 @@ class Settings:
     fast_publish: bool = True
     cron_interval: float = 1.0
     broker_transport: bool = True
+    # Not a fanout_ setting: the Celery app's own (timezone, enable_utc), the zone of
+    # cron expressions without a TZ= prefix.
+    timezone: str = "UTC"
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -167,6 +170,7 @@ class Settings:
             if value is None:
                 value = conf.get(f"fanout_{name}", default)
             raw[name] = parse(name, default if value is None else value)
+        raw["timezone"] = app_timezone(conf)
         if raw["redis_url"] is None:
             broker = conf.broker_url or ""
             if isinstance(broker, str) and broker.split("://", 1)[0] in REDIS_SCHEMES:
@@ -176,6 +180,22 @@ class Settings:
                     "fanout needs Redis for its state: set app.conf.fanout_redis_url "
                     "(the broker is not Redis, so it cannot be used)")
         return cls(**raw)
+
+
+def app_timezone(conf: Any) -> str:
+    """The IANA name of a Celery app's zone: ``timezone``, else UTC (with ``enable_utc``,
+    Celery's default) or the machine's local zone."""
+    zone = conf.get("timezone")
+    if zone:
+        return str(getattr(zone, "key", zone))
+    if conf.get("enable_utc", True):
+        return "UTC"
+    import os
+
+    local = os.environ.get("TZ", "").lstrip(":")
+    if not local and os.path.islink("/etc/localtime"):
+        local = os.path.realpath("/etc/localtime").split("zoneinfo/", 1)[-1]
+    return local or "UTC"
 
 
 def read_setting(app: Any, name: str) -> Any:

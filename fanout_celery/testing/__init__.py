@@ -130,7 +130,7 @@ def _settings(fanout: Fanout) -> Settings:
 def _trigger(definition: FunctionDef, event: Any, settings: Settings) -> list[dict[str, Any]]:
     if event is None:
         event = timer_event(definition.function_id, now_ms() // 60_000 * 60_000,
-                            definition.crons) if definition.crons \
+                            definition.crons, settings.timezone) if definition.crons \
             else {"name": FUNCTION_INVOKED, "data": {}}
     records = prepare_batch(event, max_bytes=settings.max_event_bytes, allow_system=True)
     if not records:
