@@ -25,7 +25,7 @@ from .errors import (
     UnknownFunctionError,
 )
 from .integration import beat, host, signals
-from .integration.bootsteps import PumpStep
+from .integration.bootsteps import PumpStep, add_worker_option
 from .integration.publisher import CeleryBroker
 from .integration.task import Function, register
 from .integration.transport import use_guarded_transport
@@ -75,6 +75,7 @@ class Fanout:
         self._engine: Engine | None = None
         self._services: Services | None = None
         app.steps["worker"].add(PumpStep)
+        add_worker_option(app)
         host.bind(app, self)
 
     def __repr__(self) -> str:

@@ -99,7 +99,8 @@ class WorkerProcess:
 
 
 def worker_command(app: str, pool: str, concurrency: int, token: str,
-                   events: bool = False, queues: str | None = None) -> list[str]:
+                   events: bool = False, queues: str | None = None,
+                   extra: tuple[str, ...] = ()) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", app, "worker",
         f"--pool={pool}", f"--concurrency={concurrency}", "-l", "warning",
@@ -109,6 +110,7 @@ def worker_command(app: str, pool: str, concurrency: int, token: str,
         # -E: send task events (for monitors such as Flower).
         *(["-E"] if events else []),
         *([f"--queues={queues}"] if queues else []),
+        *extra,
     ]
 
 
@@ -116,10 +118,11 @@ def worker_command(app: str, pool: str, concurrency: int, token: str,
 def worker_process(redis_url: str, *, pool: str = "threads", concurrency: int = 4,
                    app: str = CRASH_APP, ready_timeout: float = 30.0,
                    events: bool = False, queues: str | None = None,
-                   ) -> Iterator[WorkerProcess]:
+                   extra: tuple[str, ...] = ()) -> Iterator[WorkerProcess]:
     """Run a worker of ``app`` against ``redis_url`` until the block ends (with task
     events when ``events``, like ``celery worker -E``; consuming ``queues``, a
-    comma-separated list, instead of the default queue when given).
+    comma-separated list, instead of the default queue when given; ``extra``: more
+    command-line options).
 
     Ready means the app's ``worker_ready`` handler wrote this worker's pid under
     ``crash:ready:<token>`` (after publishing its subscriptions). The worker's output
@@ -138,7 +141,7 @@ def worker_process(redis_url: str, *, pool: str = "threads", concurrency: int = 
     log_path = Path(name)
     with os.fdopen(fd, "wb") as log:
         proc = subprocess.Popen(
-            worker_command(app, pool, concurrency, token, events, queues), cwd=REPO_ROOT,
+            worker_command(app, pool, concurrency, token, events, queues, extra), cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,

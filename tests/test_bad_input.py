@@ -28,9 +28,11 @@ from fanout_celery import (
     RetryPolicy,
     Run,
     StepOutputError,
+    Throttle,
     TooManyStepsError,
     UnknownFunctionError,
 )
+from fanout_celery.model.records import new_run, route_of_meta
 
 pytestmark = pytest.mark.integration
 
@@ -223,12 +225,65 @@ def test_a_bad_retry_policy_is_rejected(options, message):
         RetryPolicy(**options)
 
 
-@pytest.mark.parametrize("option", ["colour", "acks_late", "max_retries"])
-def test_an_unknown_decorator_option_is_rejected(app, fanout, nothing_written, option):
+def test_an_unknown_decorator_option_is_rejected(app, fanout, nothing_written):
     with nothing_written(), pytest.raises(
-            ConfigurationError, match=rf"unknown option\(s\) {option}; Celery task options"):
-        fanout.function("opts", event="app/x", **{option: 1})
+            ConfigurationError, match=r"unknown option\(s\) colour; the Celery task options"):
+        fanout.function("opts", event="app/x", colour=1)
     assert_not_declared(app, fanout, "opts")
+
+
+@pytest.mark.parametrize("option, value, pointer", [
+    ("default_retry_delay", 30, r"retries=RetryPolicy\(backoff=<seconds>\)"),
+    ("autoretry_for", (ConnectionError,), r"raise NonRetriableError to fail at once"),
+    ("max_retries", 3, r"use retries=<int>"),
+    ("retry_backoff", True, r"RetryPolicy\(backoff=\.\.\., backoff_factor"),
+    ("retry_jitter", False, r"RetryPolicy\(jitter=True\)"),
+    ("expires", 60, r"timeouts=Timeouts\(start=\.\.\.\)"),
+    ("routing_key", "x", r"use queue=<name>, or Celery's task_routes"),
+    ("exchange", "x", r"use queue=<name>, or Celery's task_routes"),
+    ("acks_late", False, r"fanout sets this option itself"),
+])
+def test_a_celery_task_option_that_would_not_apply_is_refused_with_a_pointer(
+        app, fanout, nothing_written, option, value, pointer):
+    with nothing_written(), pytest.raises(
+            ConfigurationError, match=rf"Celery's task option {option}= does not apply .*{pointer}"):
+        fanout.function("opts", event="app/x", **{option: value})
+    assert_not_declared(app, fanout, "opts")
+
+
+@pytest.mark.parametrize("value, limit, period", [
+    ("10/m", 10, 60.0), ("10/s", 10, 1.0), ("3/h", 3, 3600.0), (5, 5, 1.0), ("0.5/s", 1, 2.0),
+    (" 2 / m ", 2, 60.0),
+])
+def test_celerys_rate_limit_forms_become_a_throttle(fanout, value, limit, period):
+    task = fanout.function("rated", event="app/x", rate_limit=value)(_one_arg)
+    flow = task.definition.flow
+    assert flow.throttle == Throttle(limit, period) and flow.rate_limit is None
+    # Not Celery's per-worker rate limit on top of it.
+    assert task.rate_limit is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rate_limit": "10/d"}, r"rate_limit='10/d' is neither Celery's form"),
+    ({"rate_limit": "0/m"}, r"is neither Celery's form"),
+    ({"rate_limit": "10/m", "throttle": Throttle(1, 1)}, r"pass one of rate_limit and throttle"),
+    ({"priority": 256}, r"Celery's message priority is an integer from 0 to 255"),
+    ({"priority": -1}, r"Celery's message priority"),
+    ({"priority": True}, r"Celery's message priority"),
+])
+def test_a_bad_celery_form_of_a_flow_option_is_rejected(app, fanout, nothing_written, kwargs,
+                                                        message):
+    with nothing_written(), pytest.raises(ConfigurationError, match=message):
+        fanout.function("opts", event="app/x", **kwargs)
+    assert_not_declared(app, fanout, "opts")
+
+
+def test_celerys_integer_priority_is_the_message_priority_of_the_runs(fanout):
+    task = fanout.function("urgent", event="app/x", priority=3)(_one_arg)
+    assert task.definition.priority == 3 and task.definition.flow.priority is None
+    assert task.definition.subscription().priority == 3
+    run = new_run(task.definition.subscription(), [{"name": "app/x", "id": "e1"}])
+    assert route_of_meta(run.meta).priority == 3
 
 
 @pytest.mark.parametrize("pattern", ["app*", "*/x", "*", "app/*/x", "app/**", "app/x*"])
@@ -243,6 +298,10 @@ def test_a_wildcard_over_system_events_is_rejected(app, fanout, nothing_written)
     with nothing_written(), pytest.raises(ConfigurationError, match=r"subscribe to the exact"):
         fanout.function("wild", event="fanout/*")
     assert_not_declared(app, fanout, "wild")
+
+
+def _one_arg(ctx):
+    return None
 
 
 def _no_args():

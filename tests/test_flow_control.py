@@ -257,6 +257,27 @@ def test_throttle_burst_starts_that_many_at_once(pool: Any, fanout: Fanout, r: r
         assert t - times[0] >= 0.2 * k - 0.02, (k, [round(x - times[0], 3) for x in times])
 
 
+def test_celerys_rate_limit_string_throttles_run_starts_across_workers(
+        pool: Any, fanout: Fanout, r: redis.Redis, tag: str) -> None:
+    # rate_limit="5/s" is Celery's form: one start every 200 ms over both workers (Celery's
+    # own would be 5 per second per worker).
+    event_ids = send(fanout, "flow/celery-rate", tag, [{} for _ in range(6)])
+    wait_all(fanout, "flow-celery-rate", event_ids)
+
+    times = sorted(s["t"] for s in starts(r, tag))
+    assert len(times) == 6
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= 0.18, gaps
+
+
+def test_celerys_integer_priority_is_the_message_priority_of_every_attempt(
+        pool: Any, fanout: Fanout, tag: str) -> None:
+    [event_id] = send(fanout, "flow/celery-priority", tag, [{}])
+    run = wait_all(fanout, "flow-celery-priority", [event_id])[0]
+    # The first attempt (sent by this process) and the one resumed by a worker's pump.
+    assert run.status == "completed" and run.output == [7, 7], run
+
+
 # -- rate limit -------------------------------------------------------------------------
 def test_rate_limit_skips_excess_runs_per_key_and_keeps_their_events(
         pool: Any, fanout: Fanout, r: redis.Redis, tag: str) -> None:

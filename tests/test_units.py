@@ -282,6 +282,12 @@ def test_settings_need_a_redis_url_when_the_broker_is_not_redis():
     ({"fanout_max_event_bytes": 1.5}, "fanout_max_event_bytes must be a positive integer"),
     ({"fanout_key_prefix": "a{b}"}, "fanout_key_prefix must be a non-empty string"),
     ({"fanout_key_prefix": ""}, "fanout_key_prefix must be a non-empty string"),
+    ({"fanout_cron_interval": "5s"}, "fanout_cron_interval must be a positive number"),
+    ({"fanout_pump_interval": -1}, "fanout_pump_interval must be a positive number"),
+    ({"fanout_pump": "no"}, "fanout_pump must be True or False"),
+    ({"fanout_task_events": 1}, "fanout_task_events must be True or False"),
+    ({"fanout_fast_publish": "yes"}, "fanout_fast_publish must be True or False"),
+    ({"fanout_broker_transport": 0}, "fanout_broker_transport must be True or False"),
 ])
 def test_settings_reject_bad_values(conf, message):
     with pytest.raises(ConfigurationError, match=message):
@@ -346,3 +352,28 @@ def test_parse_cron_normalises_whitespace_and_accepts_six_fields():
 def test_parse_cron_rejects_bad_expressions(text, message):
     with pytest.raises(ConfigurationError, match=message):
         parse_cron(text)
+
+
+def test_celerys_full_jitter_spreads_delays_from_zero_to_the_computed_one():
+    policy = RetryPolicy(backoff=10, backoff_factor=1, jitter=True)
+    delays = [policy.delay(1) for _ in range(400)]
+    assert all(0 <= d <= 10 for d in delays)
+    assert min(delays) < 2 and max(delays) > 8  # the whole range, not +-10 %
+    assert {RetryPolicy(backoff=10, jitter=False).delay(1) for _ in range(20)} == {10}
+
+
+def test_a_bad_cron_interval_fails_the_cron_declaration_naming_the_setting():
+    from fanout_celery import Fanout
+
+    fanout = Fanout(make_app(fanout_cron_interval="5s"))
+    with pytest.raises(ConfigurationError, match="fanout_cron_interval must be a positive"):
+        fanout.function("every-5s", cron="* * * * * */5")(lambda ctx: None)
+
+
+def test_an_unknown_fanout_setting_warns_with_the_closest_name(caplog):
+    with caplog.at_level("WARNING", logger="fanout"):
+        Settings.from_app(make_app(fanout_lease_second=10, fanout_colour="red"))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("unknown setting fanout_lease_second is ignored; did you mean "
+               "fanout_lease_seconds?" in m for m in messages), messages
+    assert any(m.endswith("unknown setting fanout_colour is ignored") for m in messages)

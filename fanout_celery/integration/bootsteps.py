@@ -67,15 +67,36 @@ class PumpThread:
                 self._stop.wait(interval)
 
 
+# Celery's own ``--without-gossip`` style: ``celery worker --without-fanout-pump``.
+WITHOUT_PUMP_OPTION = "--without-fanout-pump"
+
+
+def add_worker_option(app: Any) -> None:
+    """Add ``--without-fanout-pump`` to ``celery worker`` of ``app`` (once)."""
+    from celery.bin.base import CeleryOption
+
+    options = app.user_options["worker"]
+    if any(WITHOUT_PUMP_OPTION in getattr(o, "opts", ()) for o in options):
+        return
+    options.add(CeleryOption(
+        [WITHOUT_PUMP_OPTION], is_flag=True, default=False,
+        help="Do not run fanout's timer pump in this worker (another worker must).",
+        help_group="Fanout Options"))
+
+
 class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Worker bootstep that runs the pump of the app's ``Fanout``; at worker init (before
-    the consumer connects) it also gives a Redis broker fanout's guarded transport."""
+    """Worker bootstep that runs the pump of the app's ``Fanout`` (unless the worker
+    was started ``--without-fanout-pump`` or ``fanout_pump`` is False); at worker init
+    (before the consumer connects) it also gives a Redis broker fanout's guarded
+    transport."""
 
     label = "fanout-pump"
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
+    def __init__(self, worker: Any, without_fanout_pump: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.pump: PumpThread | None = None
+        self.without_pump = bool(without_fanout_pump)
         if host_for(worker.app) is not None:
             use_guarded_transport(worker.app)
             # Pool processes send the final events of a run's earlier attempts when the
@@ -89,6 +110,11 @@ class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def start(self, worker: Any) -> None:
         host = host_for(worker.app)
         if host is None:
+            return
+        if self.without_pump or not host.settings.pump:
+            why = WITHOUT_PUMP_OPTION if self.without_pump else "fanout_pump = False"
+            logger.info("pump: not started in this worker (%s): another worker's pump "
+                        "must wake sleeping and retrying runs", why)
             return
         try:
             host.check_redis()

@@ -115,6 +115,8 @@ def new_run(sub: Subscription, events: list[dict[str, Any]] | tuple[dict[str, An
     it; ``notify_parent``: an ``invoke`` child, which resolves its parent's step)."""
     meta = {"function": sub.function_id, "task": sub.task, "queue": sub.queue,
             "event_name": events[0]["name"]}
+    if sub.priority is not None:
+        meta["priority"] = str(sub.priority)
     if parent is not None:
         meta["parent_run_id"], meta["parent_step_id"] = parent
         if notify_parent:

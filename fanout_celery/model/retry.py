@@ -15,15 +15,17 @@ class RetryPolicy:
     """How many times a step (or the handler body) is retried, and how long to wait.
 
     The delay before retry ``n`` (1-based) is ``backoff * backoff_factor ** (n - 1)``
-    seconds, capped at ``backoff_max``; with ``jitter`` a random fraction of up to
-    that much is added or removed, so that a burst of failures does not retry in step.
+    seconds, capped at ``backoff_max``. ``jitter`` spreads a burst of failures: a
+    fraction (0.1: up to 10 % of the delay added or removed), or Celery's
+    ``retry_jitter`` forms: ``True`` for full jitter (a random delay from 0 to the
+    computed one), ``False`` for none.
     """
 
     max_retries: int = 4
     backoff: float = 1.0
     backoff_factor: float = 2.0
     backoff_max: float = 600.0
-    jitter: float = 0.1
+    jitter: float | bool = 0.1
 
     def __post_init__(self) -> None:
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) \
@@ -32,11 +34,13 @@ class RetryPolicy:
                 f"max_retries must be an integer from 0 to 10000, not {self.max_retries!r}")
         for name in ("backoff", "backoff_factor", "backoff_max", "jitter"):
             value = getattr(self, name)
+            if name == "jitter" and isinstance(value, bool):
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigurationError(f"{name} must be a number >= 0, not {value!r}")
         if self.backoff_factor < 1:
             raise ConfigurationError(f"backoff_factor must be >= 1, not {self.backoff_factor!r}")
-        if self.jitter > 1:
+        if not isinstance(self.jitter, bool) and self.jitter > 1:
             raise ConfigurationError(f"jitter is a fraction from 0 to 1, not {self.jitter!r}")
 
     @classmethod
@@ -53,6 +57,8 @@ class RetryPolicy:
         """Seconds to wait before retry ``retry_number`` (1-based)."""
         base = min(self.backoff * self.backoff_factor ** max(retry_number - 1, 0),
                    self.backoff_max)
+        if self.jitter is True:
+            return random.uniform(0.0, base)
         if self.jitter:
             base += base * self.jitter * (2 * random.random() - 1)
         return max(base, 0.0)

@@ -93,6 +93,10 @@ SPEC: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     # Use fanout's subclass of kombu's Redis transport for a Redis broker: it counts the
     # replies of a failover or a full Redis as connection errors (integration/transport.py).
     "broker_transport": (True, _flag),
+    # Run the timer pump in this app's workers. A deployment with dedicated queues may
+    # turn it off on some workers (or start them with --without-fanout-pump); at least
+    # one worker must run it, or sleeps, retries and lost messages never come back.
+    "pump": (True, _flag),
 }
 
 
@@ -125,6 +129,7 @@ class Settings:
     fast_publish: bool = True
     cron_interval: float = 1.0
     broker_transport: bool = True
+    pump: bool = True
     # Not a fanout_ setting: the Celery app's own (timezone, enable_utc), the zone of
     # cron expressions without a TZ= prefix.
     timezone: str = "UTC"
@@ -215,6 +220,7 @@ def _warn_unknown(conf: Any) -> None:
     for name in names:
         low = name.lower()
         if low.startswith("fanout_") and low not in known:
-            close = difflib.get_close_matches(low, known, n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
+            # Compared without the shared prefix, which would make any name look close.
+            close = difflib.get_close_matches(low[len("fanout_"):], list(SPEC), n=1)
+            hint = f"; did you mean fanout_{close[0]}?" if close else ""
             logger.warning("fanout: unknown setting %s is ignored%s", name, hint)

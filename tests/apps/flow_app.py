@@ -118,6 +118,25 @@ declare("flow-rate", "flow/rate", rate_limit=RateLimit(2, 60, key="event.data.us
 declare("flow-priority", "flow/priority", concurrency=Concurrency(1, key="event.data.tag"),
         priority=Priority(run="event.data.priority"))
 
+# Celery's forms: a rate_limit string (a throttle across every worker) and an integer
+# priority (the broker's message priority).
+declare("flow-celery-rate", "flow/celery-rate", rate_limit="5/s")
+
+
+def delivery_priority() -> Any:
+    from celery import current_task
+
+    return current_task.request.delivery_info.get("priority")
+
+
+@fanout.function("flow-celery-priority", event="flow/celery-priority", retries=0, priority=7)
+def celery_priority(ctx: Context) -> list[Any]:
+    """The message priority of its first attempt and of the attempt resumed after a nap."""
+    first = ctx.step.run("first", delivery_priority)
+    ctx.step.sleep("nap", 0.1)
+    return [first, ctx.step.run("second", delivery_priority)]
+
+
 # -- debounce and batches -----------------------------------------------------------------
 declare("flow-debounce", "flow/debounce", debounce=Debounce(0.4, key="event.data.key"))
 declare("flow-debounce-cap", "flow/debounce-cap",
