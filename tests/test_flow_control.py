@@ -508,6 +508,69 @@ def test_idempotency_key_starts_one_run_per_24_hours(
     assert fanout.wait_for_run(later.id, timeout=10).status == "completed"
 
 
+# -- conflicting events in one send -------------------------------------------------------
+# Each event of a send is admitted before the send's runs are written: an event must see
+# the runs admitted for the events before it in the same call, not only the stored ones.
+def test_singleton_skip_mode_holds_for_two_events_of_one_send(
+        pool: Any, fanout: Fanout, r: redis.Redis, tag: str) -> None:
+    first, second, other = send(fanout, "flow/singleton", tag,
+                                [{"key": tag}, {"key": tag}, {"key": f"{tag}-2"}])
+    runs = [run_of(fanout, eid) for eid in (first, second, other)]
+    assert [run.status == "skipped" for run in runs] == [False, True, False]
+    assert runs[0].id in runs[1].error["message"]
+    assert fanout.wait_for_run(runs[0].id, timeout=10).status == "completed"
+    assert fanout.wait_for_run(runs[2].id, timeout=10).status == "completed"
+    assert len(bodies(r, tag)) == 2
+
+
+def test_singleton_cancel_mode_keeps_the_last_of_two_events_of_one_send(
+        pool: Any, fanout: Fanout, r: redis.Redis, tag: str) -> None:
+    release = f"flow:release:{tag}"
+    r.set(release, 1)
+    first, second = send(fanout, "flow/singleton-cancel", tag,
+                         [{"key": tag, "label": "one", "block": release},
+                          {"key": tag, "label": "two", "block": release}])
+    replaced, kept = run_of(fanout, first), run_of(fanout, second)
+    # The first never starts: the second replaced it before it was written.
+    assert replaced.status == "skipped", replaced
+    assert kept.id in replaced.error["message"] and "singleton" in replaced.error["message"]
+    assert fanout.wait_for_run(kept.id, timeout=10).output == "two"
+    assert [b["label"] for b in bodies(r, tag)] == ["two:hold", "two:after"]
+    # The key is the kept run's, and free again now that it ended.
+    third = run_of(fanout, send(fanout, "flow/singleton-cancel", tag,
+                                [{"key": tag, "label": "three", "block": release}])[0])
+    assert fanout.wait_for_run(third.id, timeout=10).output == "three"
+
+
+def test_idempotency_holds_for_two_events_of_one_send(
+        pool: Any, fanout: Fanout, r: redis.Redis, tag: str) -> None:
+    first, again = send(fanout, "flow/idem", tag, [{"cart_id": tag}, {"cart_id": tag}])
+    kept, skipped = run_of(fanout, first), run_of(fanout, again)
+    assert skipped.status == "skipped" and kept.id in skipped.error["message"]
+    assert fanout.wait_for_run(kept.id, timeout=10).status == "completed"
+    assert len(bodies(r, tag)) == 1
+
+
+def test_rate_limit_counts_the_events_of_one_send(
+        pool: Any, fanout: Fanout, r: redis.Redis, tag: str) -> None:
+    event_ids = send(fanout, "flow/rate", tag, [{"user": tag} for _ in range(4)])
+    runs = [run_of(fanout, eid) for eid in event_ids]
+    assert [run.status == "skipped" for run in runs] == [False, False, True, True]
+    wait_all(fanout, "flow-rate", event_ids[:2])
+    assert len(bodies(r, tag)) == 2
+
+
+def test_debounce_folds_the_events_of_one_send_into_one_run(
+        pool: Any, fanout: Fanout, r: redis.Redis, tag: str) -> None:
+    event_ids = send(fanout, "flow/debounce", tag,
+                     [{"key": tag, "label": str(n)} for n in range(3)])
+    runs = {run.id for eid in event_ids for run in fanout.runs_for_event(eid)}
+    assert len(runs) == 1
+    run = fanout.wait_for_run(runs.pop(), timeout=10)
+    assert run.event_ids == [event_ids[-1]]
+    assert [b["label"] for b in bodies(r, tag)] == ["flow-debounce/2"]
+
+
 # -- declaration ------------------------------------------------------------------------
 @pytest.fixture
 def declaring() -> Iterator[Fanout]:

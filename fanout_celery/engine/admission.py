@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,8 +56,10 @@ class Admission:
 
     # -- senders ----------------------------------------------------------------------
     def admit(self, sub: Subscription, run: NewRun, event: dict[str, Any],
-              now: int) -> Decision:
-        """Decide the fate of ``run``, which ``event`` would start for ``sub``."""
+              now: int, pending: Container[str] = ()) -> Decision:
+        """Decide the fate of ``run``, which ``event`` would start for ``sub``.
+        ``pending``: the runs admitted for earlier events of the same send, not written
+        yet (a singleton key one of them holds is held by an active run)."""
         flow = sub.flow_control
         fid = sub.function_id
         if flow.debounce is not None or flow.batch is not None:
@@ -80,6 +82,8 @@ class Admission:
             held = self.store.claim_key(key, run.run_id, now=now, window_ms=None)
             if held and held != run.run_id:
                 [status] = self.store.statuses([held])
+                if status is None and held in pending:
+                    status = "queued"
                 if status is None or status in FINAL:
                     self.take_over(key, held, run.run_id, now)
                 elif flow.singleton.mode == "skip":

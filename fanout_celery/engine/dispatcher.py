@@ -56,15 +56,20 @@ class Dispatcher:
         for start in range(0, len(records), CHUNK):
             chunk = records[start:start + CHUNK]
             now = now_ms()
-            runs: list[NewRun] = []
+            # By run id, in order: flow control sees the runs admitted before (and may
+            # drop one, replaced by a singleton in cancel mode).
+            admitted: dict[str, NewRun] = {}
             skipped: list[tuple[NewRun, str]] = []
             for record in chunk:
                 for sub in [only] if only else self.router.subscribers(record):
-                    run = new_run(sub, [record], parent=parent, notify_parent=notify_parent,
-                                  extra=context or None)
-                    admitted = self._admit(sub, run, record, now, skipped) if sub.flow else run
-                    if admitted is not None:
-                        runs.append(admitted)
+                    run: NewRun | None = new_run(sub, [record], parent=parent,
+                                                 notify_parent=notify_parent,
+                                                 extra=context or None)
+                    if sub.flow and run is not None:
+                        run = self._admit(sub, run, record, now, admitted, skipped)
+                    if run is not None:
+                        admitted.setdefault(run.run_id, run)
+            runs = list(admitted.values())
             if skipped:
                 self.store.record_skipped([r for r, _ in skipped], [w for _, w in skipped],
                                           now=now, retention_ms=s.retention_ms)
@@ -80,9 +85,11 @@ class Dispatcher:
         return count
 
     def _admit(self, sub: Subscription, run: NewRun, record: dict[str, Any], now: int,
+               pending: dict[str, NewRun],
                skipped: list[tuple[NewRun, str]]) -> NewRun | None:
-        """Act on flow control's decision: the run to create, or None."""
-        decision = self.admission.admit(sub, run, record, now)
+        """Act on flow control's decision: the run to create, or None. ``pending``: the
+        runs admitted for earlier events of this chunk, to be written with it."""
+        decision = self.admission.admit(sub, run, record, now, pending)
         if decision.fate == "skip":
             skipped.append((run, decision.reason))
             return None
@@ -90,7 +97,14 @@ class Dispatcher:
             if decision.publish is not None:
                 self.broker.publish([decision.publish.message])
             return None
-        if decision.cancel is not None:
+        if decision.cancel is not None and decision.cancel in pending:
+            # Replacing a run of this same send: it is never written, so never starts.
+            replaced = pending.pop(decision.cancel)
+            skipped.append((replaced, f"singleton: replaced by run {run.run_id} of the "
+                                      "same send"))
+            assert decision.key is not None
+            self.admission.take_over(decision.key, decision.cancel, run.run_id, now)
+        elif decision.cancel is not None:
             self.lifecycle.cancel(decision.cancel, f"singleton: replaced by run {run.run_id}")
             assert decision.key is not None
             self.admission.take_over(decision.key, decision.cancel, run.run_id, now)
