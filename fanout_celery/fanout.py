@@ -7,12 +7,14 @@ below it, which it builds once (on first use, so ``app.conf`` may be set after
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery
 
@@ -21,7 +23,6 @@ from .engine.history import RunPage
 from .errors import (
     ConfigurationError,
     DuplicateFunctionError,
-    RunTimeoutError,
     UnknownFunctionError,
 )
 from .integration import beat, host, signals
@@ -34,7 +35,6 @@ from .model.definition import FunctionDef, Subscription, declare
 from .model.durations import instant_ms
 from .model.events import now_ms
 from .model.middleware import Chain, Middleware
-from .model.records import FINAL
 from .model.retry import RetryPolicy
 from .model.runs import Run, RunNode
 from .model.settings import Settings
@@ -44,6 +44,11 @@ from .store.port import Store
 from .store.redis import RedisStore
 
 logger = logging.getLogger("fanout")
+
+T = TypeVar("T")
+
+# Threads of a Fanout's own for asend, ainvoke and acancel (made on first use).
+ASYNC_THREADS = 8
 
 
 def fanout_for(app: Celery) -> Fanout | None:
@@ -74,6 +79,7 @@ class Fanout:
         self._settings: Settings | None = None
         self._engine: Engine | None = None
         self._services: Services | None = None
+        self._executor: ThreadPoolExecutor | None = None
         app.steps["worker"].add(PumpStep)
         add_worker_option(app)
         host.bind(app, self)
@@ -272,18 +278,11 @@ class Fanout:
         """Every run the event started (one per subscribed function)."""
         return self.engine.history.runs_for_event(event_id)
 
-    def wait_for_run(self, run_id: str, timeout: float = 30.0, interval: float = 0.05) -> Run:
-        """Poll until the run is completed, failed or cancelled; ``RunTimeoutError`` after
-        ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            run = self.get_run(run_id)
-            if run is not None and run.status in FINAL:
-                return run
-            if time.monotonic() >= deadline:
-                state = run.status if run else "not found"
-                raise RunTimeoutError(f"run {run_id} still {state} after {timeout}s")
-            time.sleep(interval)
+    def wait_for_run(self, run_id: str, timeout: float = 30.0) -> Run:
+        """Block until the run is final (completed, failed, cancelled or skipped) and
+        return it; ``RunTimeoutError`` after ``timeout`` seconds. It blocks on Redis,
+        woken when the run ends, rather than polling."""
+        return self.engine.history.wait_for_run(run_id, timeout)
 
     def list_runs(self, *, function: str | None = None, status: str | None = None,
                   since: datetime | None = None, until: datetime | None = None,
@@ -333,6 +332,44 @@ class Fanout:
         return self.engine.lifecycle.cancel_runs(
             sub.function_id, None if started_after is None else instant_ms(started_after),
             None if started_before is None else instant_ms(started_before))
+
+    # -- from async code ------------------------------------------------------------
+    # The writes (asend, ainvoke, acancel) run the same code as their sync versions, in
+    # a thread of this Fanout's own: the same validation (a bad event raises before
+    # anything is written), the same guarantees, and a broker publish (kombu's, which is
+    # synchronous) that never holds the event loop. The reads and the wait are awaited on
+    # redis.asyncio: a thousand pending await_run calls hold no thread.
+    async def asend(self, events: Any) -> list[str]:
+        """``send``, awaited: the event loop runs on while Redis or the broker is slow."""
+        return await self._in_thread(self.send, events)
+
+    async def ainvoke(self, function: Function | str,
+                      data: dict[str, Any] | None = None) -> str:
+        """``invoke``, awaited."""
+        return await self._in_thread(self.invoke, function, data)
+
+    async def acancel(self, run_id: str, reason: str = "cancelled") -> str:
+        """``cancel``, awaited."""
+        return await self._in_thread(self.cancel, run_id, reason)
+
+    async def aget_run(self, run_id: str) -> Run | None:
+        """``get_run``, on redis.asyncio."""
+        return await self.engine.history.aget_run(run_id)
+
+    async def await_run(self, run_id: str, timeout: float = 30.0) -> Run:
+        """``wait_for_run``, on redis.asyncio: it blocks on Redis until the run ends,
+        without a thread or a polling sleep; ``RunTimeoutError`` after ``timeout``."""
+        return await self.engine.history.await_run(run_id, timeout)
+
+    async def _in_thread(self, call: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=ASYNC_THREADS, thread_name_prefix="fanout-async")
+        # The caller's context variables (a trace, a request id) go with the call.
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._executor, context.run, call, *args)
 
     def schedules(self, count: int = 3) -> list[dict[str, Any]]:
         """Each cron function, its expressions and its next ``count`` fire times."""

@@ -2,7 +2,9 @@
 (a virtual IP, a managed endpoint) clients keep while a failover moves the primary.
 
 Connections made before ``switch`` stay with the old target, as TCP connections to the
-old host would; new ones reach the new target. Test modules import this as ``proxy``.
+old host would; new ones reach the new target. ``stall()`` holds every byte (both ways)
+until ``resume()``: a Redis that stops answering without closing its connections.
+Test modules import this as ``proxy``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class SwitchableProxy:
         self._closed = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self.held = 0  # chunks that arrived while stalled
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
     @property
@@ -35,7 +40,16 @@ class SwitchableProxy:
         """New connections go to ``target`` from now on."""
         self.target = target
 
+    def stall(self) -> None:
+        """Hold all traffic from now on (connections stay open)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Forward what was held, and all traffic again."""
+        self._flowing.set()
+
     def close(self) -> None:
+        self._flowing.set()
         self._closed = True
         with contextlib.suppress(OSError):
             self._listener.close()
@@ -61,10 +75,12 @@ class SwitchableProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                if not self._flowing.is_set():
+                    self.held += 1
+                    self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass

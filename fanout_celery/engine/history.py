@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FanoutError, UnknownFunctionError
+from ..errors import FanoutError, RunTimeoutError, UnknownFunctionError
 from ..model.events import derived_id, now_ms
-from ..model.records import NewRun, new_run
+from ..model.records import FINAL, NewRun, new_run
 from ..model.runs import Run, RunNode
 from ..model.settings import Settings
 from ..store.port import Store
@@ -49,6 +50,17 @@ def child_run_ids(run: Run) -> dict[str, list[str]]:
     return out
 
 
+# A waiter blocks this long at most before it reads the run again: a run that ended
+# without its notice reaching the waiter (the notice lost with a restarted Redis, or the
+# run expired) is still seen within this long.
+WAIT_SLICE = 2.0
+
+
+def _timed_out(run_id: str, run: Run | None, timeout: float) -> RunTimeoutError:
+    state = run.status if run is not None else "not found"
+    return RunTimeoutError(f"run {run_id} still {state} after {timeout}s")
+
+
 class History:
     """Queries over recorded runs and events, and the operations that start runs again."""
 
@@ -70,6 +82,37 @@ class History:
     def get_run(self, run_id: str) -> Run | None:
         found = self.load([run_id])
         return found[0] if found else None
+
+    def wait_for_run(self, run_id: str, timeout: float) -> Run:
+        """The run once it is final, blocking on the store (no polling) for at most
+        ``timeout`` seconds; ``RunTimeoutError`` after that."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.get_run(run_id)
+            if run is not None and run.status in FINAL:
+                return run
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _timed_out(run_id, run, timeout)
+            self.store.wait_finished(run_id, min(remaining, WAIT_SLICE))
+
+    async def aget_run(self, run_id: str) -> Run | None:
+        loaded = await self.store.async_reader().load_runs([run_id])
+        raw, steps = loaded[0]
+        return Run.from_store(run_id, raw, steps)
+
+    async def await_run(self, run_id: str, timeout: float) -> Run:
+        """``wait_for_run``, awaited: the event loop runs on while the run is not final."""
+        reader = self.store.async_reader()
+        deadline = time.monotonic() + timeout
+        while True:
+            run = await self.aget_run(run_id)
+            if run is not None and run.status in FINAL:
+                return run
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _timed_out(run_id, run, timeout)
+            await reader.wait_finished(run_id, min(remaining, WAIT_SLICE))
 
     def runs_for_event(self, event_id: str) -> list[Run]:
         return self.load(self.store.runs_for_events([event_id])[0])

@@ -135,6 +135,15 @@ class Gate:
     when: int = 0
 
 
+class AsyncReader(Protocol):
+    """Reads for ``async`` code: the same answers as the store's, awaited."""
+
+    async def load_runs(self, run_ids: Sequence[str]
+                        ) -> list[tuple[dict[str, str], dict[str, str]]]: ...
+
+    async def wait_finished(self, run_id: str, timeout: float) -> bool: ...
+
+
 class Store(Protocol):
     """Run state, indexes, subscriptions and flow-control state under one key prefix."""
 
@@ -268,6 +277,14 @@ class Store(Protocol):
         where it does not exist."""
 
     def statuses(self, run_ids: Sequence[str]) -> list[str | None]: ...
+
+    def wait_finished(self, run_id: str, timeout: float) -> bool:
+        """Block until the run ends, at most ``timeout`` seconds: True when it ended
+        (now, or within the last minute), False on timeout. The caller reads the run
+        again either way; this only saves it from polling."""
+
+    def async_reader(self) -> AsyncReader:
+        """The reads an ``async`` caller awaits without blocking its event loop."""
 
     def runs_for_events(self, event_ids: Sequence[str]) -> list[list[str]]:
         """The ids of the runs each event started, sorted."""

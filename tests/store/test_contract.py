@@ -3,7 +3,9 @@ real redis-server, and the in-memory store. Each test drives the verbs directly.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -265,6 +267,48 @@ def test_finish_makes_the_run_final_and_expiring(store: Store) -> None:
     assert 0 < store.ttl_ms(run.run_id) <= 60_000
     t = now()
     assert store.start(run.run_id, "t2", now=t, lease_exp=t) == NotStarted("done", "completed")
+
+
+def test_a_waiter_wakes_when_the_run_ends_and_every_waiter_sees_it(store: Store) -> None:
+    [run, cancelled] = create(store, event(1), event(2))
+    started(store, run.run_id)
+    woke: list[bool] = []
+    waiters = [threading.Thread(target=lambda: woke.append(store.wait_finished(run.run_id, 20)))
+               for _ in range(2)]
+    for waiter in waiters:
+        waiter.start()
+    store.finish(run.run_id, "t1", "completed", {"output": "1"}, retention_ms=60_000)
+    for waiter in waiters:
+        waiter.join(20)
+    assert woke == [True, True]
+    # A waiter that comes after the end returns at once, as does one of a cancelled run.
+    assert store.wait_finished(run.run_id, 20) is True
+    store.cancel(cancelled.run_id, now=now(), retention_ms=DAY, error="{}")
+    assert store.wait_finished(cancelled.run_id, 20) is True
+
+
+def test_a_waiter_of_a_run_that_does_not_end_times_out(store: Store) -> None:
+    [run] = create(store, event(1))
+    started(store, run.run_id)
+    assert store.wait_finished(run.run_id, 0.1) is False
+
+
+def test_the_async_reader_reads_runs_and_waits_as_the_store_does(store: Store) -> None:
+    [run] = create(store, event(1))
+    started(store, run.run_id)
+    reader = store.async_reader()
+
+    async def scenario() -> tuple[Any, bool, bool]:
+        [(record, steps)] = await reader.load_runs([run.run_id])
+        timed_out = await reader.wait_finished(run.run_id, 0.1)
+        store.finish(run.run_id, "t1", "failed", {}, retention_ms=60_000)
+        return record, timed_out, await reader.wait_finished(run.run_id, 20)
+
+    record, timed_out, ended = asyncio.run(scenario())
+    assert (record["status"], record["function"], timed_out, ended) == \
+        ("running", "contract", False, True)
+    [(missing, no_steps)] = asyncio.run(reader.load_runs(["nope"]))
+    assert missing == {} and no_steps == {}
 
 
 def test_an_expired_lease_queues_the_run_again(store: Store) -> None:

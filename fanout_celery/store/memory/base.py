@@ -31,6 +31,8 @@ class MemoryBase:
         self.prefix = prefix
         self.clock = clock
         self._lock = threading.RLock()
+        # Notified whenever a run becomes final (wait_finished waits on it).
+        self._finished = threading.Condition(self._lock)
         self.runs: dict[str, dict[str, str]] = {}   # changing fields
         self.meta: dict[str, dict[str, str]] = {}   # static fields
         self.steps: dict[str, dict[str, str]] = {}

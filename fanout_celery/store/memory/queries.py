@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+from ...model.records import FINAL
 from ..port import Waiters
 from .base import MemoryBase
+
+
+class MemoryAsyncReader:
+    """The async reads of a ``MemoryStore``: its reads never block, its waits run in a
+    thread."""
+
+    def __init__(self, store: MemoryQueries) -> None:
+        self.store = store
+
+    async def load_runs(self, run_ids: Sequence[str]
+                        ) -> list[tuple[dict[str, str], dict[str, str]]]:
+        return self.store.load_runs(run_ids)
+
+    async def wait_finished(self, run_id: str, timeout: float) -> bool:
+        return await asyncio.to_thread(self.store.wait_finished, run_id, timeout)
 
 
 class MemoryQueries(MemoryBase):
@@ -21,6 +38,14 @@ class MemoryQueries(MemoryBase):
     def statuses(self, run_ids: Sequence[str]) -> list[str | None]:
         with self._lock:
             return [(self._run(r) or {}).get("status") for r in run_ids]
+
+    def wait_finished(self, run_id: str, timeout: float) -> bool:
+        with self._finished:
+            return self._finished.wait_for(
+                lambda: (self._run(run_id) or {}).get("status") in FINAL, timeout)
+
+    def async_reader(self) -> MemoryAsyncReader:
+        return MemoryAsyncReader(self)
 
     def runs_for_events(self, event_ids: Sequence[str]) -> list[list[str]]:
         with self._lock:

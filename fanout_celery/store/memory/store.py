@@ -97,6 +97,7 @@ class MemoryStore(MemoryQueries, MemoryFlow):
                 self.expires[run.run_id] = now + retention_ms
                 self._z(f"function:{run.function_id}")[run.run_id] = now
                 self.event_runs.setdefault(run.event_ids[0], set()).add(run.run_id)
+            self._finished.notify_all()
 
     def create_rerun(self, run: NewRun, steps: dict[str, str], *, now: int,
                      retention_ms: int, dispatch_deadline: int) -> None:
@@ -226,6 +227,7 @@ class MemoryStore(MemoryQueries, MemoryFlow):
                 run.pop(name, None)
             self._z("timers").pop(run_id, None)
             self.expires[run_id] = self.clock() + retention_ms
+            self._finished.notify_all()
 
     def renew(self, leases: Sequence[tuple[str, str]], lease_exp: int) -> list[bool]:
         out = []
@@ -300,6 +302,7 @@ class MemoryStore(MemoryQueries, MemoryFlow):
             for index in ("timers", "dispatch"):
                 self._z(index).pop(run_id, None)
             self.expires[run_id] = now + retention_ms
+            self._finished.notify_all()
             return "cancelled"
 
     def drop_waiters(self, entries: Sequence[WaiterRef]) -> None:

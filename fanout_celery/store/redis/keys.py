@@ -28,6 +28,11 @@ class Keys:
         """Hash: step key -> JSON step record."""
         return f"{self.prefix}:{{{run_id}}}:steps"
 
+    def done(self, run_id: str) -> str:
+        """List: one entry, the final status, pushed when the run ends and kept for a
+        minute, that ``wait_finished`` blocks on (rotating it, so every waiter sees it)."""
+        return f"{self.prefix}:{{{run_id}}}:done"
+
     # -- global indexes
     @property
     def timers(self) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from ..port import Waiters
+from .aio import AsyncRedisReader
 from .base import RedisBase, expand
 
 
@@ -22,6 +23,17 @@ class QueryOps(RedisBase):
             pipe.hgetall(self.keys.steps(run_id))
         raw = pipe.execute()
         return [(expand(raw[i]), raw[i + 1]) for i in range(0, len(raw), 2)]
+
+    def wait_finished(self, run_id: str, timeout: float) -> bool:
+        key = self.keys.done(run_id)
+        # A rotation of the one-entry list onto itself: it blocks until the entry is
+        # pushed, and leaves it there for every other waiter (and its expiry as it was).
+        return self.client.blmove(key, key, timeout, "RIGHT", "LEFT") is not None
+
+    def async_reader(self) -> AsyncRedisReader:
+        if self._async is None:
+            self._async = AsyncRedisReader(self.url, self.keys)
+        return self._async
 
     def statuses(self, run_ids: Sequence[str]) -> list[str | None]:
         pipe = self.client.pipeline(transaction=False)

@@ -133,7 +133,7 @@ class RedisStore(QueryOps, FlowOps, RedisBase):
             error = json.dumps({"type": "Skipped", "message": reason})
             self.scripts.record_skipped.queue(
                 pipe, [k.run(run.run_id), k.function_runs(run.function_id),
-                       k.event_runs(run.event_ids[0])],
+                       k.event_runs(run.event_ids[0]), k.done(run.run_id)],
                 [run.run_id, now, retention_ms, pack_meta(run.meta), run.events_json, error])
         execute(pipe, self.scripts, self.client)
 
@@ -223,7 +223,7 @@ class RedisStore(QueryOps, FlowOps, RedisBase):
                retention_ms: int) -> None:
         k = self.keys
         code = self.scripts.finish(
-            self.client, [k.run(run_id), k.steps(run_id), k.leases, k.timers],
+            self.client, [k.run(run_id), k.steps(run_id), k.leases, k.timers, k.done(run_id)],
             [run_id, token, status, retention_ms, *_flat(fields)])
         _fenced(code, run_id, "while finishing")
 
@@ -269,7 +269,8 @@ class RedisStore(QueryOps, FlowOps, RedisBase):
                error: str) -> Literal["cancelled", "requested", "final", "missing"]:
         k = self.keys
         outcome = str(self.scripts.cancel(
-            self.client, [k.run(run_id), k.steps(run_id), k.timers, k.leases, k.dispatch],
+            self.client, [k.run(run_id), k.steps(run_id), k.timers, k.leases, k.dispatch,
+                          k.done(run_id)],
             [run_id, now, retention_ms, error]))
         assert outcome in ("cancelled", "requested", "final", "missing")
         return outcome  # type: ignore[return-value]

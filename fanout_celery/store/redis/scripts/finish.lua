@@ -1,5 +1,5 @@
 -- Mark a run final, fenced by the lease token; it expires after the retention.
--- KEYS: 1 run, 2 steps, 3 leases, 4 timers
+-- KEYS: 1 run, 2 steps, 3 leases, 4 timers, 5 done
 -- ARGV: 1 run_id, 2 token, 3 status, 4 retention_ms, 5.. field, value pairs
 -- Returns 1, or 0 when the lease is lost.
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] then return 0 end
@@ -10,4 +10,5 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
+notify_done(KEYS[5], ARGV[3])
 return 1

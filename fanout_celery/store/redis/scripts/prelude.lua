@@ -12,3 +12,11 @@ end
 local function is_final(status)
   return status ~= false and status ~= nil and FINAL[status] == true
 end
+
+-- A run just became final: wake whoever waits for it (wait_finished blocks on this list).
+local DONE_NOTICE_MS = 60000
+local function notify_done(key, status)
+  redis.call('DEL', key)
+  redis.call('RPUSH', key, status)
+  redis.call('PEXPIRE', key, DONE_NOTICE_MS)
+end

@@ -1,6 +1,6 @@
 -- Record a run that flow control skipped (rate limit, singleton, idempotency), unless the
 -- run exists: a re-sent event whose run was created before must leave that run as it is.
--- KEYS: 1 run, 2 function_runs, 3 event_runs
+-- KEYS: 1 run, 2 function_runs, 3 event_runs, 4 done
 -- ARGV: 1 run_id, 2 now_ms, 3 retention_ms, 4 meta json, 5 events json, 6 error json
 -- Returns 1 when recorded, 0 when the run already existed.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -10,4 +10,5 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
+notify_done(KEYS[4], 'skipped')
 return 1
