@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
-
-if TYPE_CHECKING:
-    from .aio import AsyncRedisReader
 
 from ...model.records import Route, route_of_meta
 from .connect import connect, is_transient
@@ -44,7 +41,6 @@ class RedisBase:
         # The match paths waiters and cancel_on entries of each event name were last seen
         # using (note_events.lua corrects it when it is out of date).
         self._paths: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-        self._async: AsyncRedisReader | None = None  # made on first use
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} prefix={self.prefix!r}>"

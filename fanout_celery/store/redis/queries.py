@@ -16,6 +16,8 @@ class QueryOps(RedisBase):
     """The read side of ``RedisStore`` (plus the small writes of cron marks and
     subscriptions)."""
 
+    _async: AsyncRedisReader | None = None  # made on first use
+
     def load_runs(self, run_ids: Sequence[str]) -> list[tuple[dict[str, str], dict[str, str]]]:
         pipe = self.client.pipeline(transaction=False)
         for run_id in run_ids:
