@@ -45,6 +45,34 @@ def redis_server(fanout_redis_server: str) -> str:
     return fanout_redis_server
 
 
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """The URL of a real RabbitMQ: FANOUT_TEST_AMQP_URL, else a node of Debian's
+    ``rabbitmq-server`` started for the session. Without one the RabbitMQ tests skip
+    locally and fail when CI=true."""
+    from rabbit import rabbitmq_node
+
+    url = os.environ.get("FANOUT_TEST_AMQP_URL", "").strip()
+    if url:
+        yield url
+        return
+    try:
+        node = rabbitmq_node()
+        started = node.__enter__()
+    except RuntimeError as exc:
+        if _in_ci():
+            pytest.fail(f"CI is set but RabbitMQ could not be started: {exc}")
+        pytest.skip(f"no RabbitMQ: {exc}")
+    try:
+        yield started
+    finally:
+        node.__exit__(None, None, None)
+
+
 @pytest.fixture
 def redis_url(redis_server: str) -> str:
     """A Redis emptied before the test."""

@@ -24,6 +24,7 @@ import redis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CRASH_APP = "tests.apps.crash_app"
+CRON_APP = "tests.apps.cron_app"
 
 # The Redis keys tests/apps/crash_app.py writes (keep the two files in step).
 IN_S3 = "crash:in-s3"
@@ -118,11 +119,12 @@ def worker_command(app: str, pool: str, concurrency: int, token: str,
 def worker_process(redis_url: str, *, pool: str = "threads", concurrency: int = 4,
                    app: str = CRASH_APP, ready_timeout: float = 30.0,
                    events: bool = False, queues: str | None = None,
-                   extra: tuple[str, ...] = ()) -> Iterator[WorkerProcess]:
+                   extra: tuple[str, ...] = (),
+                   broker_url: str | None = None) -> Iterator[WorkerProcess]:
     """Run a worker of ``app`` against ``redis_url`` until the block ends (with task
     events when ``events``, like ``celery worker -E``; consuming ``queues``, a
     comma-separated list, instead of the default queue when given; ``extra``: more
-    command-line options).
+    command-line options; ``broker_url``: a broker other than that Redis).
 
     Ready means the app's ``worker_ready`` handler wrote this worker's pid under
     ``crash:ready:<token>`` (after publishing its subscriptions). The worker's output
@@ -133,6 +135,7 @@ def worker_process(redis_url: str, *, pool: str = "threads", concurrency: int = 
     env.update({
         "FANOUT_TEST_REDIS_URL": redis_url,
         "FANOUT_TEST_WORKER_TOKEN": token,
+        "FANOUT_TEST_BROKER_URL": broker_url or "",
         "PYTHONPATH": os.pathsep.join(
             p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
         "PYTHONUNBUFFERED": "1",
@@ -169,3 +172,39 @@ def worker_process(redis_url: str, *, pool: str = "threads", concurrency: int = 
         worker.stop()
         client.close()
         log_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def beat_process(redis_url: str, scheduler: str | None = None, app: str = CRON_APP,
+                 loglevel: str = "info",
+                 broker_url: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """``celery beat`` for ``app`` (of ``tests/apps``, on ``redis_url`` and ``broker_url``),
+    with its own schedule file; always stopped. The process carries ``log_path``, the
+    file its output goes to."""
+    workdir = Path(tempfile.mkdtemp(prefix="beat-"))
+    cmd = [sys.executable, "-m", "celery", "-A", app, "beat", "-l", loglevel,
+           "-s", str(workdir / "schedule"), "--pidfile", str(workdir / "beat.pid")]
+    if scheduler:
+        cmd += ["-S", scheduler]
+    env = dict(os.environ, FANOUT_TEST_REDIS_URL=redis_url, PYTHONUNBUFFERED="1",
+               FANOUT_TEST_BROKER_URL=broker_url or "",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT),
+                                                      os.environ.get("PYTHONPATH", "")) if p))
+    log = open(workdir / "beat.log", "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    proc.log_path = workdir / "beat.log"  # type: ignore[attr-defined]
+    try:
+        yield proc
+    except BaseException:
+        print((workdir / "beat.log").read_text(errors="replace")[-4000:], file=sys.stderr)
+        raise
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()

@@ -2,56 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from celery.schedules import crontab
-from procs import REPO_ROOT, wait_for, worker_process
+from procs import beat_process, wait_for, worker_process
 
 from fanout_celery.model.events import SCHEDULED_TIMER
 
 APP = "tests.apps.cron_app"
 WEEKLY_APP = "tests.apps.weekly_app"
-
-
-@contextlib.contextmanager
-def beat_process(redis_url: str, scheduler: str | None = None, app: str = APP,
-                 loglevel: str = "info") -> Iterator[subprocess.Popen]:
-    """``celery beat`` for ``app``, with its own schedule file; always stopped. The process
-    carries ``log_path``, the file its output goes to."""
-    workdir = Path(tempfile.mkdtemp(prefix="beat-"))
-    cmd = [sys.executable, "-m", "celery", "-A", app, "beat", "-l", loglevel,
-           "-s", str(workdir / "schedule"), "--pidfile", str(workdir / "beat.pid")]
-    if scheduler:
-        cmd += ["-S", scheduler]
-    env = dict(os.environ, FANOUT_TEST_REDIS_URL=redis_url, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT),
-                                                      os.environ.get("PYTHONPATH", "")) if p))
-    log = open(workdir / "beat.log", "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    proc.log_path = workdir / "beat.log"  # type: ignore[attr-defined]
-    try:
-        yield proc
-    except BaseException:
-        print((workdir / "beat.log").read_text(errors="replace")[-4000:], file=sys.stderr)
-        raise
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
 
 
 def fired(redis_client) -> list[int]:

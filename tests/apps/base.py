@@ -2,7 +2,8 @@
 recovery quick, and the readiness signal ``tests/procs.py`` waits for.
 
 A worker subprocess runs ``celery -A tests.apps.<name>`` with ``FANOUT_TEST_REDIS_URL``
-(broker and fanout state) and ``FANOUT_TEST_WORKER_TOKEN`` in its environment; once the
+(fanout state, and the broker unless ``FANOUT_TEST_BROKER_URL`` names another, such as a
+RabbitMQ) and ``FANOUT_TEST_WORKER_TOKEN`` in its environment; once the
 worker is ready it publishes its subscriptions (a test process that declares no functions
 routes through them) and then writes its pid under ``crash:ready:<token>``.
 """
@@ -20,6 +21,7 @@ from fanout_celery import Fanout
 from fanout_celery.store.redis import connect
 
 URL = os.environ["FANOUT_TEST_REDIS_URL"]
+BROKER_URL = os.environ.get("FANOUT_TEST_BROKER_URL", "").strip() or URL
 
 
 def ready_key(token: str) -> str:
@@ -27,11 +29,12 @@ def ready_key(token: str) -> str:
 
 
 def worker_app(name: str, **conf: Any) -> tuple[Celery, Fanout, redis.Redis[str]]:
-    """A Celery app on the test Redis, its Fanout, and a Redis client for the app's own
-    bookkeeping. ``conf`` is applied before the Fanout is created (a lease of 2 s and a
-    pump every 0.05 s unless given)."""
-    app = Celery(name, broker=URL, set_as_current=False)
+    """A Celery app on the test Redis (and broker), its Fanout, and a Redis client for the
+    app's own bookkeeping. ``conf`` is applied before the Fanout is created (a lease of
+    2 s and a pump every 0.05 s unless given)."""
+    app = Celery(name, broker=BROKER_URL, set_as_current=False)
     app.conf.update({
+        "fanout_redis_url": URL,
         "result_backend": None,
         "task_default_queue": "celery",
         "broker_connection_retry_on_startup": True,
