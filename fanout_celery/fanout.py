@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -34,6 +33,7 @@ from .model.cancellation import CancelOn, Timeouts
 from .model.definition import FunctionDef, Subscription, declare
 from .model.durations import instant_ms
 from .model.events import now_ms
+from .model.forksafe import ForkSafeLock
 from .model.middleware import Chain, Middleware
 from .model.retry import RetryPolicy
 from .model.runs import Run, RunNode
@@ -75,7 +75,7 @@ class Fanout:
         self.event_types: dict[str, EventType[Any]] = {}
         self.functions: dict[str, Function] = {}
         self._overrides = {"redis_url": redis_url, "key_prefix": key_prefix}
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._settings: Settings | None = None
         self._engine: Engine | None = None
         self._services: Services | None = None

@@ -8,9 +8,9 @@ installed, the middleware does nothing.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
+from .model.forksafe import ForkSafeLock
 from .model.middleware import Middleware
 
 
@@ -26,7 +26,7 @@ class OpenTelemetryMiddleware(Middleware):
         self._trace, self._context, self._propagate = trace, context, propagate
         self._tracer = trace.get_tracer("fanout_celery", tracer_provider=tracer_provider)
         self._open: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def _start(self, key: tuple[str, str], name: str, parent: Any,
                attributes: dict[str, Any]) -> None:

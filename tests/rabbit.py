@@ -22,6 +22,7 @@ from pathlib import Path
 # wrappers switch to the rabbitmq system user and its fixed directories.
 SCRIPT_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/lib/rabbitmq/lib/rabbitmq_server/sbin")
 START_TIMEOUT = 90.0
+EPMD_PORT = 4369
 
 
 def find_rabbitmq_server() -> str:
@@ -54,6 +55,7 @@ def accepting(port: int) -> bool:
 def rabbitmq_node() -> Iterator[str]:
     """Start a RabbitMQ node; yields its ``amqp://`` URL; stops it and removes its files."""
     script = find_rabbitmq_server()
+    epmd_was_running = accepting(EPMD_PORT)  # the node starts Erlang's port mapper if not
     base = Path(tempfile.mkdtemp(prefix="rabbitmq-"))
     port, dist_port = free_port(), free_port()
     (base / "enabled_plugins").write_text("[].\n")
@@ -98,3 +100,5 @@ def rabbitmq_node() -> Iterator[str]:
             proc.wait(timeout=10)
         log.close()
         shutil.rmtree(base, ignore_errors=True)
+        if not epmd_was_running and shutil.which("epmd"):
+            subprocess.run(["epmd", "-kill"], capture_output=True, timeout=10, check=False)

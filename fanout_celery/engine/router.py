@@ -7,11 +7,11 @@ imports none of them (a web app) still reaches every subscriber.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
 from ..model.definition import Subscription
+from ..model.forksafe import ForkSafeLock
 from ..store.port import Store
 
 logger = logging.getLogger("fanout")
@@ -30,7 +30,7 @@ class Router:
         self._published = True
         self._remote: dict[str, Subscription] = {}
         self._loaded_at = float("-inf")
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def add(self, sub: Subscription) -> None:
         self.local[sub.function_id] = sub

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..errors import LeaseLostError
 from ..model.definition import FunctionDef
 from ..model.events import now_ms
+from ..model.forksafe import ForkSafeLock
 from ..model.settings import Settings
 from ..store.port import FlowKey, NotStarted, SlotSet, Store
 from .execution import Execution
@@ -30,7 +31,7 @@ class LeaseKeeper:
         self._settings = settings
         self._held: dict[str, str] = {}
         self._slots: dict[str, Sequence[SlotSet]] = {}
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._pid = 0
         self._wake = threading.Event()
 
