@@ -103,7 +103,7 @@ class Fanout:
                 if self._engine is None:
                     s = self.settings
                     use_guarded_transport(self.app)  # for this process's producers
-                    store = RedisStore(s.redis_url, s.key_prefix)
+                    store = RedisStore(s.redis_url, s.key_prefix, options=s.redis_options)
                     engine = Engine(store, CeleryBroker(self.app, s.fast_publish), s,
                                     self.middleware, self.event_types, lambda: self.clock())
                     for task in self.functions.values():

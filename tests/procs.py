@@ -120,19 +120,21 @@ def worker_process(redis_url: str, *, pool: str = "threads", concurrency: int = 
                    app: str = CRASH_APP, ready_timeout: float = 30.0,
                    events: bool = False, queues: str | None = None,
                    extra: tuple[str, ...] = (),
-                   broker_url: str | None = None) -> Iterator[WorkerProcess]:
+                   broker_url: str | None = None,
+                   env: dict[str, str] | None = None) -> Iterator[WorkerProcess]:
     """Run a worker of ``app`` against ``redis_url`` until the block ends (with task
     events when ``events``, like ``celery worker -E``; consuming ``queues``, a
     comma-separated list, instead of the default queue when given; ``extra``: more
-    command-line options; ``broker_url``: a broker other than that Redis).
+    command-line options; ``broker_url``: a broker other than that Redis; ``env``: more
+    environment variables for the app).
 
     Ready means the app's ``worker_ready`` handler wrote this worker's pid under
     ``crash:ready:<token>`` (after publishing its subscriptions). The worker's output
     goes to a log file whose tail is printed when the block raises.
     """
     token = f"w{uuid.uuid4().hex[:12]}"
-    env = dict(os.environ)
-    env.update({
+    environment = dict(os.environ, **(env or {}))
+    environment.update({
         "FANOUT_TEST_REDIS_URL": redis_url,
         "FANOUT_TEST_WORKER_TOKEN": token,
         "FANOUT_TEST_BROKER_URL": broker_url or "",
@@ -145,7 +147,7 @@ def worker_process(redis_url: str, *, pool: str = "threads", concurrency: int = 
     with os.fdopen(fd, "wb") as log:
         proc = subprocess.Popen(
             worker_command(app, pool, concurrency, token, events, queues, extra), cwd=REPO_ROOT,
-            env=env,
+            env=environment,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

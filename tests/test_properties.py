@@ -678,8 +678,8 @@ def test_step_ids_of_any_characters_stay_fields_of_their_own_run(app, fanout, wo
                 assert step.id == step_id or step.id.startswith(f"{step_id}:")
             fields = redis_client.hkeys(keys.steps(run.id))
             assert sorted(fields) == sorted(s.id for s in run.steps)
-            own = {keys.run(run.id), keys.steps(run.id), keys.event(event_id),
-                   keys.event_runs(event_id)}
+            own = {keys.run(run.id), keys.steps(run.id), keys.done(run.id),
+                   keys.event(event_id), keys.event_runs(event_id)}
             new = set(redis_client.scan_iter()) - before
             strays = {k for k in new - own
                       if k not in broker_keys and not k.startswith("_kombu.")}

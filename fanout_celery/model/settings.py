@@ -22,6 +22,22 @@ from ..errors import ConfigurationError
 logger = logging.getLogger("fanout")
 
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
+# Redis Sentinel: kombu's form (sentinel://host:port;sentinel://host:port/db) and
+# celery-redbeat's (redis-sentinel://...); the service name comes from fanout_redis_options.
+SENTINEL_SCHEMES = ("sentinel", "redis-sentinel")
+STATE_SCHEMES = REDIS_SCHEMES + SENTINEL_SCHEMES
+
+# fanout_redis_options: how to reach the state's Redis beyond its URL (celery-redbeat's
+# names for redbeat_redis_options where they overlap).
+REDIS_OPTIONS = {
+    "sentinels": "a list of (host, port) pairs or 'host:port' strings",
+    "service_name": "the Sentinel service (master) name",
+    "sentinel_kwargs": "a dict of connection options for the Sentinels themselves",
+    "password": "a string", "username": "a string", "db": "an integer >= 0",
+    "socket_timeout": "a number of seconds", "socket_connect_timeout": "a number of seconds",
+    "wait_replicas": "an integer >= 0: replicas that must have each checkpoint",
+    "wait_timeout": "a number of seconds: how long to wait for them",
+}
 
 
 def _seconds(name: str, value: Any) -> float:
@@ -56,16 +72,47 @@ def _prefix(name: str, value: Any) -> str:
 def _url(name: str, value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or value.split("://", 1)[0] not in REDIS_SCHEMES:
+    if not isinstance(value, str) or value.split("://", 1)[0] not in STATE_SCHEMES:
         raise ConfigurationError(
-            f"fanout_{name} must be a redis://, rediss://, redis+socket:// or unix:// "
-            f"URL, not {redact_url(str(value))!r}")
+            f"fanout_{name} must be a redis://, rediss://, redis+socket://, unix:// or "
+            f"sentinel:// URL, not {redact_url(str(value))!r}")
     return value
+
+
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value >= 0
+
+
+def _redis_options(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"fanout_{name} must be a dict, not {value!r}")
+    for key, item in value.items():
+        if key not in REDIS_OPTIONS:
+            raise ConfigurationError(
+                f"fanout_{name}: unknown option {key!r}; the options are "
+                f"{', '.join(sorted(REDIS_OPTIONS))}")
+        ok = {
+            "sentinels": isinstance(item, (list, tuple)) and bool(item) and all(
+                (isinstance(x, str) and ":" in x) or (isinstance(x, (list, tuple))
+                                                      and len(x) == 2) for x in item),
+            "service_name": isinstance(item, str) and bool(item),
+            "sentinel_kwargs": isinstance(item, dict),
+            "password": isinstance(item, str), "username": isinstance(item, str),
+            "db": isinstance(item, int) and not isinstance(item, bool) and item >= 0,
+            "socket_timeout": _number(item), "socket_connect_timeout": _number(item),
+            "wait_replicas": isinstance(item, int) and not isinstance(item, bool) and item >= 0,
+            "wait_timeout": _number(item),
+        }[key]
+        if not ok:
+            raise ConfigurationError(
+                f"fanout_{name}[{key!r}] must be {REDIS_OPTIONS[key]}, not {item!r}")
+    return dict(value)
 
 
 # name -> (default, parser); the names are those of app.conf without "fanout_".
 SPEC: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     "redis_url": (None, _url),
+    "redis_options": ({}, _redis_options),
     "key_prefix": ("fanout", _prefix),
     "retention": (timedelta(days=7), _seconds),
     "event_dedupe_window": (timedelta(hours=24), _seconds),
@@ -101,7 +148,10 @@ SPEC: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for logs and CLI output."""
+    """The URL with any password replaced by ``***``, for logs and CLI output (each part
+    of a ``;``-separated list of Sentinel URLs)."""
+    if ";" in url:
+        return ";".join(redact_url(part) for part in url.split(";"))
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -115,6 +165,7 @@ class Settings:
     """Validated fanout settings of one Celery app."""
 
     redis_url: str
+    redis_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     key_prefix: str = "fanout"
     retention: float = 7 * 86400.0
     event_dedupe_window: float = 86400.0
@@ -135,10 +186,15 @@ class Settings:
     timezone: str = "UTC"
 
     def __repr__(self) -> str:
-        fields = ", ".join(
-            f"{f.name}={redact_url(self.redis_url) if f.name == 'redis_url' else getattr(self, f.name)!r}"
-            for f in dataclasses.fields(self)
-        )
+        def shown(name: str) -> str:
+            if name == "redis_url":
+                return repr(redact_url(self.redis_url))
+            if name == "redis_options":
+                return repr({k: "***" if "password" in k else v
+                             for k, v in self.redis_options.items()})
+            return repr(getattr(self, name))
+
+        fields = ", ".join(f"{f.name}={shown(f.name)}" for f in dataclasses.fields(self))
         return f"Settings({fields})"
 
     # -- in milliseconds, as the store keeps time
@@ -178,12 +234,25 @@ class Settings:
         raw["timezone"] = app_timezone(conf)
         if raw["redis_url"] is None:
             broker = conf.broker_url or ""
-            if isinstance(broker, str) and broker.split("://", 1)[0] in REDIS_SCHEMES:
+            scheme = broker.split("://", 1)[0] if isinstance(broker, str) else ""
+            if scheme in REDIS_SCHEMES:
                 raw["redis_url"] = broker
+            elif scheme in SENTINEL_SCHEMES:
+                # The broker's Sentinels, and kombu's name for the service.
+                raw["redis_url"] = broker
+                master = (conf.broker_transport_options or {}).get("master_name")
+                if master and "service_name" not in raw["redis_options"]:
+                    raw["redis_options"] = {**raw["redis_options"], "service_name": master}
             else:
                 raise ConfigurationError(
                     "fanout needs Redis for its state: set app.conf.fanout_redis_url "
                     "(the broker is not Redis, so it cannot be used)")
+        if raw["redis_url"].split("://", 1)[0] in SENTINEL_SCHEMES \
+                and not raw["redis_options"].get("service_name"):
+            raise ConfigurationError(
+                "fanout_redis_url is a Sentinel URL: name the service in "
+                "fanout_redis_options = {'service_name': ...} (or the broker's "
+                "broker_transport_options = {'master_name': ...})")
         return cls(**raw)
 
 

@@ -48,7 +48,8 @@ class Journal:
     def park_waiting(self, key: str, record: str, *, ref: WaiterRef, path: str | None,
                      waiter: str, timeout_at: int, any_limit: int) -> list[str]:
         """Register a wait and park; returns ids of events of that name noted since the
-        run last recorded progress (those that can match, where the store can tell)."""
+        run was created and still recent (those that can match, where the store can
+        tell)."""
         return self.store.park_waiting(
             self.run_id, self.token, key, record, ref=ref, path=path, waiter=waiter,
             timeout_at=timeout_at, path_expires=timeout_at + self.settings.lookback_ms,

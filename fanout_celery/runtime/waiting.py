@@ -79,8 +79,9 @@ class WaitingSteps:
                        match: str | None = None) -> Event | None:
         """Wait for an event named ``event`` whose ``match`` path (e.g. ``data.user_id``)
         equals the same path in this run's trigger event; returns it, or ``None`` after
-        ``timeout``. An event sent after the previous step and before this wait is
-        registered is not missed."""
+        ``timeout``. An event sent before this wait is registered (since the run was
+        created, within ``fanout_wait_lookback``) is not missed, unless an earlier wait of
+        the run consumed it."""
         core = self._core
         x = core.state
         key = core.key(step_id)

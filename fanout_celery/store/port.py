@@ -203,8 +203,9 @@ class Store(Protocol):
                      path_expires: int, any_limit: int) -> list[str]:
         """Register a ``wait_for_event`` waiter (at ``ref``, matching on ``path``) and
         park the run, atomically with reading the ids of events of that name noted since
-        the run last recorded progress (a checkpoint, else its creation), by the store's
-        own clock: an event noted before is among them, one noted after finds the waiter.
+        the run was created (and still recent), by the store's own clock: an event noted
+        before is among them, one noted after finds the waiter (the caller drops those
+        an earlier wait of the run consumed).
         Only events of the waiter's bucket are read when the store can tell (its path
         was in use since then; ``path_expires``: how long it must stay so); a waiter
         without a path reads the first ``any_limit``."""

@@ -215,16 +215,17 @@ def note(store: Store, *events: dict[str, Any]) -> None:
                       lookback_ms=60_000)
 
 
-def test_a_wait_registration_returns_the_events_noted_since_the_last_checkpoint(
+def test_a_wait_registration_returns_the_events_noted_since_the_run_was_created(
         store: Store) -> None:
+    note(store, event(8, name="app/y"))
+    time.sleep(0.005)  # the store's clock counts milliseconds
     [run] = create(store, event(1))
     started(store, run.run_id)
-    note(store, event(8, name="app/y"))
+    note(store, event(9, name="app/y"))  # while a step executes, before its checkpoint
     time.sleep(0.005)
     store.checkpoint(run.run_id, "t1", "s", '{"status": "completed"}', lease_exp=now() + 1000)
-    time.sleep(0.005)
-    note(store, event(9, name="app/y"))
-    assert wait(store, run.run_id) == ["ev-9"]
+    note(store, event(10, name="app/y"))
+    assert wait(store, run.run_id) == ["ev-9", "ev-10"]
     assert store.statuses([run.run_id]) == ["waiting"]
     assert list(store.waiters_of("app/y").steps) == ["f"]
 
@@ -242,12 +243,12 @@ def test_events_are_dated_by_the_stores_clock_not_the_senders(store: Store) -> N
 
 def test_a_waiter_of_a_known_path_reads_only_recent_events_of_its_value(
         store: Store) -> None:
-    first, second = create(store, event(1), event(2))
+    [first] = create(store, event(1))
     started(store, first.run_id)
     wait(store, first.run_id, path="data.user", value=1, field="a")  # the path is in use
     time.sleep(0.005)
+    [second] = create(store, event(2))  # created after: its bucket holds every event
     started(store, second.run_id)
-    store.checkpoint(second.run_id, "t1", "s", '{"status": "completed"}', lease_exp=now() + 1000)
     note(store, *(event(f"u{i}", name="app/y", user=i) for i in range(50)))
     assert wait(store, second.run_id, path="data.user", value=7, field="b") == ["ev-u7"]
 

@@ -150,7 +150,6 @@ class MemoryStore(MemoryQueries, MemoryFlow):
         with self._lock:
             run = self._holds(run_id, token)
             self.steps.setdefault(run_id, {})[key] = record
-            run["mark"] = str(self.clock())
             run["lease_exp"] = str(lease_exp)
             self._z("leases")[run_id] = lease_exp
             if "cancel" in run:
@@ -166,7 +165,6 @@ class MemoryStore(MemoryQueries, MemoryFlow):
             if waiter is not None:
                 self.waits.get((waiter.name, waiter.bucket), {}).pop(waiter.field, None)
             self.steps[run_id][key] = record
-            run["mark"] = str(self.clock())
             run["lease_exp"] = str(lease_exp)
             self._z("leases")[run_id] = lease_exp
             if "cancel" in run:
@@ -201,7 +199,7 @@ class MemoryStore(MemoryQueries, MemoryFlow):
             run = self._holds(run_id, token)
             if "cancel" in run:
                 raise CancelRequested()
-            since = int(run.get("mark") or run.get("created_at") or 0)
+            since = int(run.get("created_at") or 0)
             self.steps.setdefault(run_id, {})[key] = record
             self.waits.setdefault((ref.name, ref.bucket), {})[ref.field] = waiter
             run.update(status="waiting", wake_at=str(timeout_at))

@@ -17,29 +17,49 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from .base import expand
-from .connect import BACKOFF_BASE, BACKOFF_CAP, RETRIES, TRANSIENT
+from .connect import (
+    BACKOFF_BASE,
+    BACKOFF_CAP,
+    OWN_OPTIONS,
+    RETRIES,
+    TRANSIENT,
+    sentinel_target,
+)
 from .keys import Keys
 
 
-def connect_async(url: str) -> aredis.Redis[str]:
-    """An asyncio client for ``url``, retrying transient errors as ``connect`` does."""
-    if url.startswith("redis+socket://"):
-        url = "unix://" + url[len("redis+socket://"):]
-    options: dict[str, Any] = {
+def connect_async(url: str, redis_options: dict[str, Any] | None = None
+                  ) -> aredis.Redis[str]:
+    """An asyncio client for ``url`` (or a Sentinel service), retrying transient errors
+    as ``connect`` does."""
+    target = sentinel_target(url, redis_options or {})
+    settings: dict[str, Any] = {
         "decode_responses": True, "health_check_interval": 30, "socket_keepalive": True,
         "retry": Retry(ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE), RETRIES,
                        supported_errors=TRANSIENT),  # type: ignore[arg-type]
         "retry_on_error": list(TRANSIENT)}
-    client: aredis.Redis[str] = aredis.Redis.from_url(url, **options)
+    if target is not None:
+        from redis.asyncio.sentinel import Sentinel
+
+        settings.update(target.connection)
+        sentinel = Sentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs,
+                            **settings)
+        master: aredis.Redis[str] = sentinel.master_for(target.service_name, **settings)
+        return master
+    if url.startswith("redis+socket://"):
+        url = "unix://" + url[len("redis+socket://"):]
+    settings.update({k: v for k, v in (redis_options or {}).items() if k not in OWN_OPTIONS})
+    client: aredis.Redis[str] = aredis.Redis.from_url(url, **settings)
     return client
 
 
 class AsyncRedisReader:
     """``load_runs`` and ``wait_finished`` of ``RedisStore``, awaited."""
 
-    def __init__(self, url: str, keys: Keys) -> None:
+    def __init__(self, url: str, keys: Keys, options: dict[str, Any] | None = None) -> None:
         self.url = url
         self.keys = keys
+        self.options = dict(options or {})
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redis[str]] = \
             weakref.WeakKeyDictionary()
 
@@ -47,7 +67,7 @@ class AsyncRedisReader:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            client = self._clients[loop] = connect_async(self.url)
+            client = self._clients[loop] = connect_async(self.url, self.options)
         return client
 
     async def load_runs(self, run_ids: Sequence[str]

@@ -10,7 +10,7 @@ from typing import Any
 import redis
 
 from ...model.records import Route, route_of_meta
-from .connect import connect, is_transient
+from .connect import ReplicatedClient, connect, is_transient
 from .keys import Keys
 from .lua import Scripts
 
@@ -32,11 +32,19 @@ class RedisBase:
     """One client, one prefix."""
 
     def __init__(self, url: str, prefix: str = "fanout",
-                 client: redis.Redis[str] | None = None) -> None:
+                 client: redis.Redis[str] | None = None,
+                 options: dict[str, Any] | None = None) -> None:
         self.url = url
         self.prefix = prefix
+        self.options = dict(options or {})
         self.keys = Keys(prefix)
-        self.client: redis.Redis[str] = client if client is not None else connect(url)
+        if client is None:
+            client = connect(url, self.options)
+            replicas = int(self.options.get("wait_replicas") or 0)
+            if replicas:
+                timeout_ms = int(float(self.options.get("wait_timeout", 1.0)) * 1000)
+                client = ReplicatedClient(client, replicas, timeout_ms)  # type: ignore[assignment]
+        self.client: redis.Redis[str] = client
         self.scripts = _scripts()
         # The match paths waiters and cancel_on entries of each event name were last seen
         # using (note_events.lua corrects it when it is out of date).

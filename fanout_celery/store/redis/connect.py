@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -55,16 +57,78 @@ def backoff(attempt: int) -> float:
     return float(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))
 
 
-def connect(url: str, **options: Any) -> redis.Redis[str]:
-    """A client for ``redis://``, ``rediss://``, ``unix://`` or kombu's ``redis+socket://``,
-    retrying transient errors (a restart, a failover, a full Redis) with back-off."""
-    if url.startswith("redis+socket://"):
-        url = "unix://" + url[len("redis+socket://"):]
+SENTINEL_SCHEMES = ("sentinel://", "redis-sentinel://")
+# fanout_redis_options that are fanout's own, not connection options.
+OWN_OPTIONS = ("sentinels", "service_name", "sentinel_kwargs", "wait_replicas",
+               "wait_timeout")
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """Where the Sentinels are, which service to ask them for, and how to log in."""
+
+    sentinels: list[tuple[str, int]]
+    service_name: str
+    connection: dict[str, Any]       # for the master's connections (password, db...)
+    sentinel_kwargs: dict[str, Any]  # for the Sentinels' own connections
+
+
+def sentinel_target(url: str, options: dict[str, Any]) -> SentinelTarget | None:
+    """The Sentinel set-up of ``url`` and ``options``, or None for a plain Redis: the
+    ``sentinels`` option, or kombu's ``sentinel://[:password@]host:port[;...]/db`` URL."""
+    listed = options.get("sentinels")
+    if not listed and not url.startswith(SENTINEL_SCHEMES):
+        return None
+    connection = {k: v for k, v in options.items() if k not in OWN_OPTIONS}
+    hosts: list[tuple[str, int]] = []
+    if url.startswith(SENTINEL_SCHEMES):
+        for part in url.split(";"):
+            parts = urlsplit(part.strip())
+            hosts.append((parts.hostname or "localhost", parts.port or 26379))
+            if parts.password and "password" not in connection:
+                connection["password"] = unquote(parts.password)
+            if parts.username and "username" not in connection:
+                connection["username"] = unquote(parts.username)
+            db = parts.path.strip("/")
+            if db.isdigit() and "db" not in connection:
+                connection["db"] = int(db)
+    for item in listed or ():
+        host, port = item.rsplit(":", 1) if isinstance(item, str) else item
+        hosts.append((str(host), int(port)))
+    return SentinelTarget(hosts, str(options.get("service_name", "")), connection,
+                          dict(options.get("sentinel_kwargs") or {}))
+
+
+def client_settings(**options: Any) -> dict[str, Any]:
+    """The state client's connection settings: decoded replies, keep-alive, and retries
+    of transient errors with back-off."""
     settings: dict[str, Any] = {"decode_responses": True, "health_check_interval": 30,
                                 "socket_keepalive": True, "retry": retry_policy(),
                                 "retry_on_error": list(TRANSIENT)}
     settings.update(options)
-    return redis.Redis.from_url(url, **settings)
+    return settings
+
+
+def connect(url: str, redis_options: dict[str, Any] | None = None,
+            **options: Any) -> redis.Redis[str]:
+    """A client for ``redis://``, ``rediss://``, ``unix://`` or kombu's ``redis+socket://``,
+    or for the master of a Sentinel service (``sentinel://`` or the ``sentinels`` of
+    ``redis_options``, fanout_redis_options), retrying transient errors (a restart, a
+    failover, a full Redis) with back-off. Through Sentinel, a reconnection asks the
+    Sentinels where the master is now."""
+    target = sentinel_target(url, redis_options or {})
+    if target is not None:
+        from redis.sentinel import Sentinel
+
+        settings = client_settings(**target.connection, **options)
+        sentinel = Sentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs,
+                            **settings)
+        master: redis.Redis[str] = sentinel.master_for(target.service_name, **settings)
+        return master
+    if url.startswith("redis+socket://"):
+        url = "unix://" + url[len("redis+socket://"):]
+    extra = {k: v for k, v in (redis_options or {}).items() if k not in OWN_OPTIONS}
+    return redis.Redis.from_url(url, **client_settings(**extra, **options))
 
 
 def flush_database(url: str) -> None:
@@ -74,3 +138,71 @@ def flush_database(url: str) -> None:
         client.flushdb()
     finally:
         client.close()
+
+
+class ReplicaLagError(redis.exceptions.ConnectionError):
+    """Fewer replicas than ``wait_replicas`` confirmed a write in ``wait_timeout``: the
+    write is on the primary only, and a failover now could lose it. Transient: the
+    attempt that wrote it ends and its run resumes, re-reading what survived."""
+
+
+class ReplicatedClient:
+    """A state client whose every script call and pipeline is followed, on the same
+    connection, by ``WAIT <replicas> <timeout>`` (``fanout_redis_options``
+    ``wait_replicas``): a checkpoint is acknowledged once that many replicas have it, so
+    a failover to one of them loses no acknowledged checkpoint."""
+
+    def __init__(self, client: redis.Redis[str], replicas: int, timeout_ms: int) -> None:
+        self._client = client
+        self._replicas = replicas
+        self._timeout_ms = timeout_ms
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def _check(self, acked: Any) -> None:
+        if isinstance(acked, Exception):
+            raise acked
+        if int(acked) < self._replicas:
+            raise ReplicaLagError(f"{acked} of {self._replicas} replicas confirmed the "
+                                  f"write within {self._timeout_ms} ms")
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.evalsha(sha, numkeys, *keys_and_args)
+        pipe.execute_command("WAIT", self._replicas, self._timeout_ms)  # type: ignore[no-untyped-call]
+        result, acked = pipe.execute(raise_on_error=False)
+        if isinstance(result, Exception):
+            raise result
+        self._check(acked)
+        return result
+
+    def pipeline(self, transaction: bool = True) -> ReplicatedPipeline:
+        if transaction:  # WAIT must follow on the same connection, which MULTI ends
+            raise TypeError("the store builds no transactional pipeline")
+        return ReplicatedPipeline(self, self._client.pipeline(transaction=False))
+
+
+class ReplicatedPipeline:
+    """A pipeline of a ``ReplicatedClient``: ``WAIT`` is added when it is executed."""
+
+    def __init__(self, owner: ReplicatedClient, pipe: Any) -> None:
+        self._owner = owner
+        self._pipe = pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    def __enter__(self) -> ReplicatedPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pipe.reset()
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if not self._pipe.command_stack:
+            return []
+        self._pipe.execute_command("WAIT", self._owner._replicas, self._owner._timeout_ms)
+        results = list(self._pipe.execute(raise_on_error=raise_on_error))
+        self._owner._check(results.pop())
+        return results

@@ -34,7 +34,7 @@ class QueryOps(RedisBase):
 
     def async_reader(self) -> AsyncRedisReader:
         if self._async is None:
-            self._async = AsyncRedisReader(self.url, self.keys)
+            self._async = AsyncRedisReader(self.url, self.keys, self.options)
         return self._async
 
     def statuses(self, run_ids: Sequence[str]) -> list[str | None]:

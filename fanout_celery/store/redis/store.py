@@ -140,7 +140,9 @@ class RedisStore(QueryOps, FlowOps, RedisBase):
     def create_rerun(self, run: NewRun, steps: dict[str, str], *, now: int,
                      retention_ms: int, dispatch_deadline: int) -> None:
         k = self.keys
-        pipe = self.client.pipeline(transaction=True)
+        # In this order, on one connection: the steps before the record that makes the
+        # run visible, and the dispatch cover with it (it publishes a lost message).
+        pipe = self.client.pipeline(transaction=False)
         if steps:
             mapping: dict[str | bytes, str] = dict(steps.items())
             pipe.hset(k.steps(run.run_id), mapping=mapping)

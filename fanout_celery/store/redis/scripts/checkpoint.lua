@@ -6,8 +6,7 @@
 -- written, the run must stop).
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] then return 0 end
 if #ARGV > 3 then redis.call('HSET', KEYS[2], unpack(ARGV, 4)) end
--- 'mark': when the run last recorded progress, by the server's clock (see park_waiting).
-redis.call('HSET', KEYS[1], 'lease_exp', ARGV[3], 'mark', server_ms())
+redis.call('HSET', KEYS[1], 'lease_exp', ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 if redis.call('HEXISTS', KEYS[1], 'cancel') == 1 then return -1 end
 return 1

@@ -1,7 +1,10 @@
 -- Register a wait_for_event and park the run, atomically with reading the events of that
--- name noted since the run last recorded progress (its 'mark', else its creation), both
--- by the server's clock: an event noted before this script is among them, one noted
--- after it finds the waiter. Nothing falls in between, whatever the clients' clocks say.
+-- name noted since the run was created, both by the server's clock: an event noted
+-- before this script is among them, one noted after it finds the waiter. Nothing falls
+-- in between, whatever the clients' clocks say: not an event sent by the run's previous
+-- step (a send_event, or a webhook its call triggered), nor one sent while it executed.
+-- The caller drops the events an earlier wait of the run consumed; the recent lists keep
+-- the last fanout_wait_lookback of events only.
 -- Only events that can match are read: those of the waiter's value bucket, when its path
 -- was in use (in `waitpaths`) since before `since`, so that every such event was noted in
 -- the bucket; else every event of the name since then (the first waiter of a new path).
@@ -14,8 +17,7 @@
 -- Returns {1, event ids noted since} or {0} when the lease is lost, {-1} on cancel.
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] then return {0} end
 if redis.call('HEXISTS', KEYS[1], 'cancel') == 1 then return {-1} end
-local since = redis.call('HGET', KEYS[1], 'mark') or redis.call('HGET', KEYS[1], 'created_at')
-since = tonumber(since or '0')
+local since = tonumber(redis.call('HGET', KEYS[1], 'created_at') or '0')
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 redis.call('HSET', KEYS[5], ARGV[5], ARGV[6])
 redis.call('HSET', KEYS[1], 'status', 'waiting', 'wake_at', ARGV[7])

@@ -10,7 +10,7 @@ local cur = redis.call('HGET', KEYS[2], ARGV[3])
 if not cur or cjson.decode(cur)['status'] ~= ARGV[4] then return {'changed', cur or ''} end
 if ARGV[7] ~= '' then redis.call('HDEL', KEYS[4], ARGV[7]) end
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
-redis.call('HSET', KEYS[1], 'lease_exp', ARGV[6], 'mark', server_ms())
+redis.call('HSET', KEYS[1], 'lease_exp', ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
 if redis.call('HEXISTS', KEYS[1], 'cancel') == 1 then return -1 end
 return 1
