@@ -377,3 +377,38 @@ def test_an_unknown_fanout_setting_warns_with_the_closest_name(caplog):
     assert any("unknown setting fanout_lease_second is ignored; did you mean "
                "fanout_lease_seconds?" in m for m in messages), messages
     assert any(m.endswith("unknown setting fanout_colour is ignored") for m in messages)
+
+
+@pytest.mark.parametrize("options, message", [
+    ("cluster", "fanout_redis_options must be a dict"),
+    ({"colour": 1}, "unknown option 'colour'; the options are"),
+    ({"sentinels": []}, r"fanout_redis_options\['sentinels'\] must be a list"),
+    ({"sentinels": ["nohost"]}, r"\['sentinels'\] must be a list"),
+    ({"wait_replicas": -1}, r"\['wait_replicas'\] must be an integer >= 0"),
+    ({"socket_timeout": "1s"}, r"\['socket_timeout'\] must be a number of seconds"),
+])
+def test_bad_redis_options_are_rejected_naming_the_option(options, message):
+    with pytest.raises(ConfigurationError, match=message):
+        Settings.from_app(make_app(fanout_redis_options=options))
+
+
+def test_a_sentinel_url_needs_a_service_name_and_takes_the_brokers_master_name():
+    with pytest.raises(ConfigurationError, match="name the service in fanout_redis_options"):
+        Settings.from_app(make_app(fanout_redis_url="sentinel://127.0.0.1:26379"))
+    s = Settings.from_app(make_app(broker="sentinel://:pw@h1:26379;sentinel://h2:26379/2",
+                                   broker_transport_options={"master_name": "main"}))
+    assert s.redis_url.startswith("sentinel://") and s.redis_options["service_name"] == "main"
+    assert "pw" not in repr(s)
+
+
+def test_a_sentinel_url_and_options_become_the_sentinels_and_the_masters_login():
+    from fanout_celery.store.redis.connect import sentinel_target
+
+    target = sentinel_target("sentinel://:s3cret@h1:26379;sentinel://h2:26380/3",
+                             {"service_name": "main", "sentinels": ["h3:26381"],
+                              "socket_timeout": 2})
+    assert target is not None
+    assert target.sentinels == [("h1", 26379), ("h2", 26380), ("h3", 26381)]
+    assert target.service_name == "main"
+    assert target.connection == {"password": "s3cret", "db": 3, "socket_timeout": 2}
+    assert sentinel_target("redis://h:6379/0", {}) is None
