@@ -25,7 +25,9 @@ REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
 # Redis Sentinel: kombu's form (sentinel://host:port;sentinel://host:port/db) and
 # celery-redbeat's (redis-sentinel://...); the service name comes from fanout_redis_options.
 SENTINEL_SCHEMES = ("sentinel", "redis-sentinel")
-STATE_SCHEMES = REDIS_SCHEMES + SENTINEL_SCHEMES
+# Redis Cluster: redis+cluster://host:port[,host:port...] (rediss+cluster:// with TLS).
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+STATE_SCHEMES = REDIS_SCHEMES + SENTINEL_SCHEMES + CLUSTER_SCHEMES
 
 # fanout_redis_options: how to reach the state's Redis beyond its URL (celery-redbeat's
 # names for redbeat_redis_options where they overlap).
@@ -37,6 +39,8 @@ REDIS_OPTIONS = {
     "socket_timeout": "a number of seconds", "socket_connect_timeout": "a number of seconds",
     "wait_replicas": "an integer >= 0: replicas that must have each checkpoint",
     "wait_timeout": "a number of seconds: how long to wait for them",
+    "cluster": "True for a Redis Cluster (or a redis+cluster:// URL)",
+    "shards": "the number of shards on a cluster: 2, 4, 8, ..., 256 (default 64)",
 }
 
 
@@ -74,8 +78,8 @@ def _url(name: str, value: Any) -> str | None:
         return None
     if not isinstance(value, str) or value.split("://", 1)[0] not in STATE_SCHEMES:
         raise ConfigurationError(
-            f"fanout_{name} must be a redis://, rediss://, redis+socket://, unix:// or "
-            f"sentinel:// URL, not {redact_url(str(value))!r}")
+            f"fanout_{name} must be a redis://, rediss://, redis+socket://, unix://, "
+            f"sentinel:// or redis+cluster:// URL, not {redact_url(str(value))!r}")
     return value
 
 
@@ -102,10 +106,17 @@ def _redis_options(name: str, value: Any) -> dict[str, Any]:
             "socket_timeout": _number(item), "socket_connect_timeout": _number(item),
             "wait_replicas": isinstance(item, int) and not isinstance(item, bool) and item >= 0,
             "wait_timeout": _number(item),
+            "cluster": isinstance(item, bool),
+            "shards": isinstance(item, int) and not isinstance(item, bool)
+            and 2 <= item <= 256 and 256 % item == 0,
         }[key]
         if not ok:
             raise ConfigurationError(
                 f"fanout_{name}[{key!r}] must be {REDIS_OPTIONS[key]}, not {item!r}")
+    if value.get("cluster") and (value.get("sentinels") or value.get("wait_replicas")):
+        raise ConfigurationError(
+            f"fanout_{name}: a Redis Cluster takes neither sentinels nor wait_replicas "
+            "(its masters fail over to their replicas by themselves)")
     return dict(value)
 
 
@@ -247,7 +258,11 @@ class Settings:
                 raise ConfigurationError(
                     "fanout needs Redis for its state: set app.conf.fanout_redis_url "
                     "(the broker is not Redis, so it cannot be used)")
-        if raw["redis_url"].split("://", 1)[0] in SENTINEL_SCHEMES \
+        scheme = raw["redis_url"].split("://", 1)[0]
+        if scheme in CLUSTER_SCHEMES and raw["redis_options"].get("wait_replicas"):
+            raise ConfigurationError("fanout_redis_options: a Redis Cluster takes no "
+                                     "wait_replicas")
+        if scheme in SENTINEL_SCHEMES \
                 and not raw["redis_options"].get("service_name"):
             raise ConfigurationError(
                 "fanout_redis_url is a Sentinel URL: name the service in "

@@ -45,6 +45,14 @@ class Journal:
         return self.store.park(self.run_id, self.token, status, wake_at=wake_at, step=step,
                                expect=expect, fields=fields)
 
+    def register_waiter(self, ref: WaiterRef, *, path: str | None, waiter: str, since: int,
+                        timeout_at: int, any_limit: int) -> list[str]:
+        """Register a wait's waiter again; returns ids of events of that name noted since
+        ``since``."""
+        return self.store.register_waiter(
+            ref, path=path, waiter=waiter, since=since,
+            path_expires=timeout_at + self.settings.lookback_ms, any_limit=any_limit)
+
     def park_waiting(self, key: str, record: str, *, ref: WaiterRef, path: str | None,
                      waiter: str, timeout_at: int, any_limit: int) -> list[str]:
         """Register a wait and park; returns ids of events of that name noted since the
@@ -53,7 +61,7 @@ class Journal:
         return self.store.park_waiting(
             self.run_id, self.token, key, record, ref=ref, path=path, waiter=waiter,
             timeout_at=timeout_at, path_expires=timeout_at + self.settings.lookback_ms,
-            any_limit=any_limit)
+            any_limit=any_limit, lease_exp=self._lease_exp())
 
     def finish(self, status: str, fields: dict[str, str]) -> None:
         """Mark the run final."""

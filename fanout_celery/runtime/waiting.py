@@ -119,7 +119,14 @@ class WaitingSteps:
                                  "bucket": bucket})
             self._register(key, encoded, ref, match, waiter, timeout_at)
         timeout_at = int(record["timeout_at"])
-        if now < timeout_at:  # woken early (a duplicate message): park again
+        if now < timeout_at:  # woken early (a duplicate message, a resumed run): park again
+            waiter = json.dumps({"path": match, "value": expected, "timeout_at": timeout_at,
+                                 "bucket": bucket})
+            # Registered again first: on a cluster the waiter is registered after the
+            # record is written, so a worker that died in between left none.
+            self._resolve_recent(ref, waiter, x.journal.register_waiter(
+                ref, path=match, waiter=waiter, since=int(x.run.get("created_at") or 0),
+                timeout_at=timeout_at, any_limit=len(self._used()) + 1))
             resolved = x.park("waiting", timeout_at, expect=(key, "waiting"))
             if resolved is None:
                 raise parked("waiting", timeout_at)
@@ -131,18 +138,25 @@ class WaitingSteps:
     def _register(self, key: str, encoded: str, ref: WaiterRef, path: str | None,
                   waiter: str, timeout_at: int) -> NoReturn:
         x = self._core.state
-        # An event resolves at most one wait of a run: one that resolved an earlier wait
-        # is still recent when the run resumes, and would resolve this one too.
-        used = {r["output"].get("id") for r in x.memo.values()
-                if r.get("kind") == "wait_for_event" and isinstance(r.get("output"), dict)}
         recent = x.journal.park_waiting(key, encoded, ref=ref, path=path, waiter=waiter,
-                                        timeout_at=timeout_at, any_limit=len(used) + 1)
+                                        timeout_at=timeout_at, any_limit=len(self._used()) + 1)
+        self._resolve_recent(ref, waiter, recent)
+        raise parked("waiting", timeout_at)
+
+    def _used(self) -> set[str]:
+        """Ids of the events this run's earlier waits consumed: an event resolves at most
+        one wait of a run, and one that resolved an earlier wait is still recent."""
+        return {r["output"].get("id") for r in self._core.state.memo.values()
+                if r.get("kind") == "wait_for_event" and isinstance(r.get("output"), dict)}
+
+    def _resolve_recent(self, ref: WaiterRef, waiter: str, recent: list[str]) -> None:
+        """Resolve the wait with events that came just before it was registered."""
+        used = self._used()
         recent = [i for i in recent if i not in used]
         if recent:
-            # Events that came just before the wait was registered: resolve it now.
+            x = self._core.state
             found = [e for e in x.services.store.get_events(recent) if e is not None]
             x.effects.resolve_waits(ref.name, {ref.field: waiter}, found)
-        raise parked("waiting", timeout_at)
 
     def _waited(self, key: str, record: dict[str, Any]) -> Event | None:
         x = self._core.state

@@ -200,7 +200,7 @@ class Store(Protocol):
 
     def park_waiting(self, run_id: str, token: str, key: str, record: str, *,
                      ref: WaiterRef, path: str | None, waiter: str, timeout_at: int,
-                     path_expires: int, any_limit: int) -> list[str]:
+                     path_expires: int, any_limit: int, lease_exp: int = 0) -> list[str]:
         """Register a ``wait_for_event`` waiter (at ``ref``, matching on ``path``) and
         park the run, atomically with reading the ids of events of that name noted since
         the run was created (and still recent), by the store's own clock: an event noted
@@ -208,7 +208,15 @@ class Store(Protocol):
         an earlier wait of the run consumed).
         Only events of the waiter's bucket are read when the store can tell (its path
         was in use since then; ``path_expires``: how long it must stay so); a waiter
-        without a path reads the first ``any_limit``."""
+        without a path reads the first ``any_limit``. ``lease_exp``: the run's lease expiry,
+        kept while the store registers the waiter (on a cluster, before the run parks)."""
+
+    def register_waiter(self, ref: WaiterRef, *, path: str | None, waiter: str, since: int,
+                        path_expires: int, any_limit: int) -> list[str]:
+        """Register a ``wait_for_event`` waiter again (idempotent), atomically with
+        reading the ids of events of that name noted since ``since``: for a run that
+        resumes with its wait's record still "waiting" (its waiter may never have been
+        registered, on a cluster, if its worker died in between)."""
 
     def finish(self, run_id: str, token: str, status: str, fields: dict[str, str], *,
                retention_ms: int) -> None:

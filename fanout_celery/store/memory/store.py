@@ -194,7 +194,7 @@ class MemoryStore(MemoryQueries, MemoryFlow):
 
     def park_waiting(self, run_id: str, token: str, key: str, record: str, *,
                      ref: WaiterRef, path: str | None, waiter: str, timeout_at: int,
-                     path_expires: int, any_limit: int) -> list[str]:
+                     path_expires: int, any_limit: int, lease_exp: int = 0) -> list[str]:
         with self._lock:
             run = self._holds(run_id, token)
             if "cancel" in run:
@@ -205,14 +205,24 @@ class MemoryStore(MemoryQueries, MemoryFlow):
             run.update(status="waiting", wake_at=str(timeout_at))
             self._unlease(run_id, run)
             self._z("timers")[run_id] = timeout_at
-            source = f"recent:{ref.name}"
-            if path is not None and self._use_path(self.wait_paths, ref.name, path,
-                                                   self.clock(), path_expires) < since:
-                source = f"recent:{ref.name}:{ref.bucket}"
-            recent = self._z(source)
-            found = [eid for eid, at in sorted(recent.items(), key=lambda i: (i[1], i[0]))
-                     if at >= since]
-            return found[:any_limit] if path is None else found
+            return self._recent_since(ref, path, since, path_expires, any_limit)
+
+    def register_waiter(self, ref: WaiterRef, *, path: str | None, waiter: str, since: int,
+                        path_expires: int, any_limit: int) -> list[str]:
+        with self._lock:
+            self.waits.setdefault((ref.name, ref.bucket), {})[ref.field] = waiter
+            return self._recent_since(ref, path, since, path_expires, any_limit)
+
+    def _recent_since(self, ref: WaiterRef, path: str | None, since: int,
+                      path_expires: int, any_limit: int) -> list[str]:
+        source = f"recent:{ref.name}"
+        if path is not None and self._use_path(self.wait_paths, ref.name, path,
+                                               self.clock(), path_expires) < since:
+            source = f"recent:{ref.name}:{ref.bucket}"
+        recent = self._z(source)
+        found = [eid for eid, at in sorted(recent.items(), key=lambda i: (i[1], i[0]))
+                 if at >= since]
+        return found[:any_limit] if path is None else found
 
     def finish(self, run_id: str, token: str, status: str, fields: dict[str, str], *,
                retention_ms: int) -> None:

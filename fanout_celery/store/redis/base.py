@@ -9,10 +9,12 @@ from typing import Any
 
 import redis
 
+from ...errors import CancelRequested, LeaseLostError
 from ...model.records import Route, route_of_meta
-from .connect import ReplicatedClient, connect, is_transient
+from ..port import Resolution
+from .connect import DEFAULT_SHARDS, ReplicatedClient, connect, is_cluster, is_transient
 from .keys import Keys
-from .lua import Scripts
+from .lua import Scripts, execute
 
 # Fields of a run record set once at creation are kept in one JSON field, "meta", so a
 # run is created with a handful of arguments; the fields that change stay separate.
@@ -37,7 +39,11 @@ class RedisBase:
         self.url = url
         self.prefix = prefix
         self.options = dict(options or {})
-        self.keys = Keys(prefix)
+        # A Redis Cluster: sharded keys, and pipelines executed in ordered phases (a
+        # cluster pipeline runs each master's part at once, in no order between them).
+        self.cluster = is_cluster(url, self.options)
+        self.keys = Keys(prefix, int(self.options.get("shards") or DEFAULT_SHARDS)
+                         if self.cluster else 0)
         if client is None:
             client = connect(url, self.options)
             replicas = int(self.options.get("wait_replicas") or 0)
@@ -59,6 +65,26 @@ class RedisBase:
     def transient(self, exc: BaseException) -> bool:
         return is_transient(exc)
 
+    def by_shard(self, run_ids: Sequence[str]) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for run_id in run_ids:
+            out.setdefault(self.keys.shard_of(run_id), []).append(run_id)
+        return out
+
+    # -- one execution ----------------------------------------------------------------
+
+    def pipeline(self) -> Any:
+        """A non-transactional pipeline (a cluster pipeline on a cluster)."""
+        return self.client.pipeline(transaction=False)
+
+    def phase(self, pipe: Any) -> Any:
+        """End a phase of ordered writes: on a cluster, execute ``pipe`` now (what
+        follows must not start before it) and return ``(results, new pipeline)``; on one
+        Redis, whose pipeline runs in order, keep queuing (``([], pipe)``)."""
+        if not self.cluster:
+            return [], pipe
+        return execute(pipe, self.scripts, self.client), self.pipeline()
+
 
 def pack_meta(fields: dict[str, str]) -> str:
     return json.dumps({k: v for k, v in fields.items() if k not in HOT_FIELDS},
@@ -79,3 +105,28 @@ def route_of(meta: str) -> Route:
 
 def pairs(flat: Sequence[Any]) -> dict[str, str]:
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def fenced(code: Any, run_id: str, what: str) -> None:
+    if code == 0:
+        raise LeaseLostError(f"run {run_id} lost its lease {what}")
+    if code == -1:
+        raise CancelRequested()
+
+
+def flat(fields: dict[str, str] | None) -> list[str]:
+    out: list[str] = []
+    for name, value in (fields or {}).items():
+        out += [name, value]
+    return out
+
+def server_now(client: Any) -> int:
+    """The server's clock, in ms (TIME of the node a keyless command goes to)."""
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def resolution(raw: Any) -> Resolution:
+    if isinstance(raw, list):
+        return Resolution("woken", route_of(raw[0]))
+    return Resolution("executing" if raw else "none")

@@ -58,9 +58,40 @@ def backoff(attempt: int) -> float:
 
 
 SENTINEL_SCHEMES = ("sentinel://", "redis-sentinel://")
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 # fanout_redis_options that are fanout's own, not connection options.
 OWN_OPTIONS = ("sentinels", "service_name", "sentinel_kwargs", "wait_replicas",
-               "wait_timeout")
+               "wait_timeout", "cluster", "shards")
+# Shards of a Redis Cluster deployment: enough that 3 to 12 masters (and 16, 32, 64)
+# each hold an even share, few enough that the pump's round reads them all in one
+# pipeline per master.
+DEFAULT_SHARDS = 64
+
+
+def is_cluster(url: str, options: dict[str, Any] | None) -> bool:
+    """Whether ``url`` / ``options`` name a Redis Cluster."""
+    return url.startswith(CLUSTER_SCHEMES) or bool((options or {}).get("cluster"))
+
+
+def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The start-up nodes and the login of ``redis+cluster://[user:pw@]h:p,h:p[/db]``
+    (or a plain ``redis://`` URL of one node, with the ``cluster`` option)."""
+    scheme, _, rest = url.partition("://")
+    tls = scheme.startswith("rediss")
+    login, _, hosts = rest.rpartition("@")
+    hosts = hosts.split("/", 1)[0]
+    nodes = []
+    for part in hosts.split(","):
+        host, _, port = part.strip().rpartition(":")
+        nodes.append((host or "localhost", int(port or 6379)))
+    extra: dict[str, Any] = {"ssl": True} if tls else {}
+    if login:
+        user, _, password = login.partition(":")
+        if user:
+            extra["username"] = unquote(user)
+        if password:
+            extra["password"] = unquote(password)
+    return nodes, extra
 
 
 @dataclass(frozen=True)
@@ -112,10 +143,14 @@ def client_settings(**options: Any) -> dict[str, Any]:
 def connect(url: str, redis_options: dict[str, Any] | None = None,
             **options: Any) -> redis.Redis[str]:
     """A client for ``redis://``, ``rediss://``, ``unix://`` or kombu's ``redis+socket://``,
-    or for the master of a Sentinel service (``sentinel://`` or the ``sentinels`` of
-    ``redis_options``, fanout_redis_options), retrying transient errors (a restart, a
-    failover, a full Redis) with back-off. Through Sentinel, a reconnection asks the
-    Sentinels where the master is now."""
+    for the master of a Sentinel service (``sentinel://`` or the ``sentinels`` of
+    ``redis_options``, fanout_redis_options), or for a Redis Cluster
+    (``redis+cluster://`` or the ``cluster`` option), retrying transient errors (a
+    restart, a failover, a full Redis) with back-off. Through Sentinel, a reconnection
+    asks the Sentinels where the master is now; on a cluster, redis-py follows MOVED and
+    ASK and refreshes its map of the slots."""
+    if is_cluster(url, redis_options):
+        return connect_cluster(url, redis_options or {}, **options)  # type: ignore[no-any-return]
     target = sentinel_target(url, redis_options or {})
     if target is not None:
         from redis.sentinel import Sentinel
@@ -131,11 +166,27 @@ def connect(url: str, redis_options: dict[str, Any] | None = None,
     return redis.Redis.from_url(url, **client_settings(**extra, **options))
 
 
-def flush_database(url: str) -> None:
-    """Empty the database of ``url`` (``FLUSHDB``): for test fixtures only."""
-    client = connect(url)
+def connect_cluster(url: str, redis_options: dict[str, Any], **options: Any) -> Any:
+    """A ``RedisCluster`` client from its start-up nodes (``cluster_nodes``)."""
+    from redis.cluster import ClusterNode, RedisCluster
+
+    nodes, login = cluster_nodes(url)
+    extra = {k: v for k, v in redis_options.items() if k not in OWN_OPTIONS and k != "db"}
+    settings = client_settings(**login, **extra, **options)
+    settings.pop("health_check_interval", None)
+    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+                        require_full_coverage=False, **settings)
+
+
+def flush_database(url: str, redis_options: dict[str, Any] | None = None) -> None:
+    """Empty the database of ``url`` (``FLUSHDB``; every master of a cluster): for test
+    fixtures only."""
+    client = connect(url, redis_options)
     try:
-        client.flushdb()
+        if is_cluster(url, redis_options):
+            client.flushdb(target_nodes="primaries")
+        else:
+            client.flushdb()
     finally:
         client.close()
 

@@ -28,10 +28,18 @@ class FlowOps(RedisBase):
     def gate(self, run_id: str, *, now: int, slot_exp: int, slots: Sequence[SlotSet],
              throttle: tuple[FlowKey, int, int] | None, queue_score: float) -> Gate:
         k = self.keys
-        keys = [k.run(run_id), k.timers,
-                k.flow(throttle[0]) if throttle else k.run(run_id), k.waiting]
+        if k.sharded:
+            # The run is in another slot than the limits: read what gate.lua checks.
+            status, wake, started = self.client.hmget(k.run(run_id), "status", "wake_at",
+                                                      "started_at")
+            state = f"{status or ''}|{wake or ''}|{1 if started else 0}"
+            keys = [k.waiting, k.woken]
+        else:
+            state = ""
+            keys = [k.run(run_id), k.timers()]
+        keys += [k.flow(throttle[0]) if throttle else k.waiting, k.waiting]
         args: list[Any] = [run_id, now, slot_exp, throttle[1] if throttle else "",
-                           throttle[2] if throttle else 0, queue_score]
+                           throttle[2] if throttle else 0, queue_score, state]
         for s in slots:
             keys += [k.slots(s), k.queue(s)]
             args += [s.limit, _registry_entry(s)]
@@ -43,7 +51,7 @@ class FlowOps(RedisBase):
         if not slots:
             return []
         k = self.keys
-        keys = [k.timers, k.waiting]
+        keys = [k.woken, k.waiting]
         for s in slots:
             keys += [k.slots(s), k.queue(s)]
         return list(self.scripts.release(
@@ -64,21 +72,21 @@ class FlowOps(RedisBase):
         if not slots:
             return []
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.pipeline()
         for s in slots:
-            self.scripts.release.queue(pipe, [k.timers, k.waiting, k.slots(s), k.queue(s)],
+            self.scripts.release.queue(pipe, [k.woken, k.waiting, k.slots(s), k.queue(s)],
                                        ["", now, deadline, reserve_until, s.limit])
         return [list(r) for r in execute(pipe, self.scripts, self.client)]
 
     def slot_state(self, slot_set: SlotSet) -> tuple[list[str], list[str]]:
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.pipeline()
         pipe.zrange(self.keys.slots(slot_set), 0, -1)
         pipe.zrange(self.keys.queue(slot_set), 0, -1)
         holders, queued = pipe.execute()
         return list(holders), list(queued)
 
     def renew_slots(self, entries: Sequence[tuple[str, Sequence[SlotSet]]], exp: int) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.pipeline()
         for run_id, slot_sets in entries:
             for s in slot_sets:
                 pipe.zadd(self.keys.slots(s), {run_id: exp}, xx=True)
@@ -101,14 +109,19 @@ class FlowOps(RedisBase):
                retention_ms: int) -> tuple[str, str]:
         k = self.keys
         buffer_key = k.flow(key)
+        # On a cluster the pending run lives in the buffer's shard (its id says so), with
+        # its timer, history and event run list: the script touches one slot.
+        shard = k.flow_shard(key)
+        new_id = k.colocated(run.run_id, shard)
         event = run.events_json[1:-1]  # the one event, as JSON
         while True:
             pending = self.client.hget(buffer_key, "run") or ""
             raw = self.scripts.buffer(
                 self.client,
-                [buffer_key, k.run(pending or run.run_id), k.run(run.run_id), k.timers,
-                 k.function_runs(run.function_id), k.event_runs(run.event_ids[0])],
-                [mode, run.run_id, now, period_ms, "" if cap_ms is None else cap_ms,
+                [buffer_key, k.run(pending or new_id), k.run(new_id), k.timers(shard),
+                 k.function_runs(run.function_id, shard),
+                 k.event_runs(run.event_ids[0], shard)],
+                [mode, new_id, now, period_ms, "" if cap_ms is None else cap_ms,
                  max_size, event, pack_meta(run.meta), retention_ms, pending])
             if raw[0] != "retry":  # else another sender changed the buffer: read it again
                 return str(raw[0]), str(raw[1])

@@ -58,8 +58,10 @@ class Lua:
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
-        """Add a call to ``pipe`` (run it with ``execute``)."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        """Add a call to ``pipe`` (run it with ``execute``). By ``execute_command``: a
+        cluster pipeline refuses its ``evalsha`` method, not the command, which it sends
+        to the master of the first key's slot."""
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 class Scripts:
@@ -67,7 +69,7 @@ class Scripts:
 
     def __init__(self) -> None:
         self._all = {p.stem: Lua(p.stem) for p in SCRIPTS.glob("*.lua")
-                     if p.stem not in ("prelude", "wake")}
+                     if p.stem not in ("prelude", "wake", "waiter")}
 
     def __getattr__(self, name: str) -> Lua:
         try:
@@ -100,7 +102,9 @@ def execute(pipe: Any, scripts: Scripts, client: Any) -> list[Any]:
             scripts.load_all(client)
         else:
             time.sleep(backoff(attempt + 1))
-            client.connection_pool.disconnect()  # reconnect: it may reach a new primary
+            pool = getattr(client, "connection_pool", None)  # none on a cluster client,
+            if pool is not None:                             # which refreshes its slots
+                pool.disconnect()  # reconnect: it may reach a new primary
         again = client.pipeline(transaction=False)
         for i in refused:
             args = commands[i].args if hasattr(commands[i], "args") else commands[i][0]

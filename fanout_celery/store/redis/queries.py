@@ -19,7 +19,7 @@ class QueryOps(RedisBase):
     _async: AsyncRedisReader | None = None  # made on first use
 
     def load_runs(self, run_ids: Sequence[str]) -> list[tuple[dict[str, str], dict[str, str]]]:
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.pipeline()
         for run_id in run_ids:
             pipe.hgetall(self.keys.run(run_id))
             pipe.hgetall(self.keys.steps(run_id))
@@ -38,40 +38,57 @@ class QueryOps(RedisBase):
         return self._async
 
     def statuses(self, run_ids: Sequence[str]) -> list[str | None]:
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.pipeline()
         for rid in run_ids:
             pipe.hget(self.keys.run(rid), "status")
         return list(pipe.execute())
 
     def runs_for_events(self, event_ids: Sequence[str]) -> list[list[str]]:
-        pipe = self.client.pipeline(transaction=False)
+        k = self.keys
+        pipe = self.pipeline()
         for event_id in event_ids:
-            pipe.smembers(self.keys.event_runs(event_id))
-        return [sorted(ids) for ids in pipe.execute()]
+            for shard in k.all_shards:  # an event's runs are listed in their own shards
+                pipe.smembers(k.event_runs(event_id, shard))
+        found = iter(pipe.execute())
+        n = len(k.all_shards)
+        return [sorted(set().union(*(next(found) for _ in range(n)))) for _ in event_ids]
 
     def function_run_ids(self, function_ids: Sequence[str], since: int | None = None,
                          until: int | None = None,
                          limit: int | None = None) -> list[tuple[float, str]]:
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.pipeline()
         for fid in function_ids:
-            pipe.zrevrangebyscore(self.keys.function_runs(fid),
-                                  "+inf" if until is None else until,
-                                  "-inf" if since is None else since, withscores=True,
-                                  start=None if limit is None else 0, num=limit)
+            for shard in self.keys.all_shards:
+                pipe.zrevrangebyscore(self.keys.function_runs(fid, shard),
+                                      "+inf" if until is None else until,
+                                      "-inf" if since is None else since, withscores=True,
+                                      start=None if limit is None else 0, num=limit)
         rows = sorted(((score, rid) for rows in pipe.execute() for rid, score in rows),
                       reverse=True)
         return rows if limit is None else rows[:limit]
 
     def event_ids(self, since: int | None, start: int, num: int) -> list[str]:
-        return list(self.client.zrevrangebyscore(
-            self.keys.events, "+inf", "-inf" if since is None else since,
-            start=start, num=num))
+        k = self.keys
+        if not k.sharded:
+            return list(self.client.zrevrangebyscore(
+                k.events(), "+inf", "-inf" if since is None else since,
+                start=start, num=num))
+        # Each shard's newest start + num, merged: the page is among them.
+        pipe = self.pipeline()
+        for shard in k.all_shards:
+            pipe.zrevrangebyscore(k.events(shard), "+inf", "-inf" if since is None else since,
+                                  start=0, num=start + num, withscores=True)
+        rows = sorted(((score, eid) for found in pipe.execute() for eid, score in found),
+                      reverse=True)
+        return [eid for _, eid in rows[start:start + num]]
 
     def get_events(self, event_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         # "<id>:runs" is not an event id but that event's set of runs: never read it.
         wanted = [e for e in event_ids if ":" not in e]
-        raw = dict(zip(wanted, self.client.mget([self.keys.event(e) for e in wanted]),
-                       strict=True)) if wanted else {}
+        pipe = self.pipeline()
+        for event_id in wanted:
+            pipe.get(self.keys.event(event_id))
+        raw = dict(zip(wanted, pipe.execute(), strict=True)) if wanted else {}
         out: list[dict[str, Any] | None] = []
         for event_id in event_ids:
             found = raw.get(event_id)
@@ -79,10 +96,13 @@ class QueryOps(RedisBase):
         return out
 
     def trim_history(self, function_ids: Iterable[str], older_than: int) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zremrangebyscore(self.keys.events, "-inf", older_than)
-        for fid in function_ids:
-            pipe.zremrangebyscore(self.keys.function_runs(fid), "-inf", older_than)
+        k = self.keys
+        fids = list(function_ids)
+        pipe = self.pipeline()
+        for shard in k.all_shards:
+            pipe.zremrangebyscore(k.events(shard), "-inf", older_than)
+            for fid in fids:
+                pipe.zremrangebyscore(k.function_runs(fid, shard), "-inf", older_than)
         pipe.execute()
 
     # -- inspection -------------------------------------------------------------------
@@ -91,8 +111,9 @@ class QueryOps(RedisBase):
 
     def indexes_of(self, run_id: str) -> dict[str, float | None]:
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        for key in (k.timers, k.leases, k.dispatch):
+        shard = k.shard_of(run_id)
+        pipe = self.pipeline()
+        for key in (k.timers(shard), k.leases(shard), k.dispatch(shard)):
             pipe.zscore(key, run_id)
         timer, lease, dispatch = pipe.execute()
         return {"timer": timer, "lease": lease, "dispatch": dispatch}
@@ -102,33 +123,53 @@ class QueryOps(RedisBase):
         for pattern in (self.keys.waits(event_name, "*"), self.keys.cancels(event_name, "*")):
             merged: dict[str, str] = {}
             # The bucket "*" is a literal key too, and a pattern matching every bucket.
-            for key in self.client.scan_iter(match=pattern, count=500):
+            for key in self._scan(pattern):
                 merged.update(self.client.hgetall(key))
             out.append(merged)
         return Waiters(event_name, out[0], out[1])
 
+    def _scan(self, pattern: str) -> list[str]:
+        """Keys matching ``pattern`` (on every master of a cluster)."""
+        if self.cluster:
+            return list(self.client.scan_iter(match=pattern, count=500,
+                                              target_nodes="primaries"))
+        return list(self.client.scan_iter(match=pattern, count=500))
+
     def count(self, index: Literal["events", "deadlines", "timers", "leases",
                                    "dispatch"]) -> int:
-        return int(self.client.zcard(getattr(self.keys, index)))
+        key = getattr(self.keys, index)
+        pipe = self.pipeline()
+        for shard in self.keys.all_shards:
+            pipe.zcard(key(shard))
+        return sum(int(n) for n in pipe.execute())
 
     def ttl_ms(self, run_id: str) -> int:
         return int(self.client.pttl(self.keys.run(run_id)))
 
     def server_info(self) -> dict[str, str]:
         try:
-            info = self.client.info("server")
+            info = self._first(self.client.info("server"))
         except Exception:  # INFO refused (managed Redis, ACL): nothing known
             return {}
         name = "valkey" if "valkey_version" in info else "redis"
         out = {"server": name, "version": str(info.get(f"{name}_version") or
                                                info.get("redis_version", ""))}
         try:
-            policy = self.client.config_get("maxmemory-policy").get("maxmemory-policy")
+            policy = self._first(self.client.config_get("maxmemory-policy")).get(
+                "maxmemory-policy")
             if policy:
                 out["maxmemory_policy"] = str(policy)
         except Exception:  # CONFIG not allowed
             pass
         return out
+
+    def _first(self, reply: Any) -> dict[str, Any]:
+        """A per-node reply of a cluster client (``{node: reply}``) as one node's."""
+        if self.cluster and isinstance(reply, dict) and reply and all(
+                isinstance(v, dict) for v in reply.values()) and all(
+                ":" in str(k) for k in reply):
+            return dict(next(iter(reply.values())))
+        return dict(reply)
 
     # -- cron and subscriptions -------------------------------------------------------
     def cron_marks(self, function_ids: Sequence[str]) -> list[int | None]:
