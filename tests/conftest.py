@@ -73,6 +73,29 @@ def rabbitmq_url() -> Iterator[str]:
         node.__exit__(None, None, None)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[str]:
+    """The ``redis+cluster://`` URL of a real local Redis Cluster (3 masters, each with a
+    replica: cluster-enabled processes of the session's redis-server, joined here), or
+    FANOUT_TEST_CLUSTER_URL. Without a redis-server it skips locally, fails in CI."""
+    from fanout_celery.devtools.cluster import LocalCluster
+
+    url = os.environ.get("FANOUT_TEST_CLUSTER_URL", "").strip()
+    if url:
+        yield url
+        return
+    try:
+        cluster = LocalCluster(masters=3, replicas=1).start()
+    except RuntimeError as exc:
+        if _in_ci():
+            pytest.fail(f"CI is set but no local Redis Cluster could start: {exc}")
+        pytest.skip(f"no local Redis Cluster: {exc}")
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def redis_url(redis_server: str) -> str:
     """A Redis emptied before the test."""

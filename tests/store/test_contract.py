@@ -31,12 +31,13 @@ SUB = Subscription("contract", ("app/x",), task="fanout.contract", queue="q")
 DAY = 86_400_000
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request: pytest.FixtureRequest) -> Iterator[Store]:
     if request.param == "memory":
         yield MemoryStore()
         return
-    url = request.getfixturevalue("redis_server")
+    url = request.getfixturevalue("redis_server" if request.param == "redis"
+                                  else "redis_cluster")
     flush_database(url)
     redis_store = RedisStore(url, "contract")
     yield redis_store
@@ -444,7 +445,9 @@ def test_a_batch_buffer_fills_one_run_until_it_is_full(store: Store) -> None:
     t = now()
     states = [store.buffer("batch", key, run, now=t, period_ms=60_000, cap_ms=None,
                            max_size=3, retention_ms=DAY) for run in runs]
-    first = runs[0].run_id
+    # The pending run is the first event's (on a cluster, under an id of the buffer's shard).
+    first = states[0][0]
+    assert first[2:] == runs[0].run_id[2:]
     assert states == [(first, "new"), (first, "added"), (first, "full")]
     raw, _ = store.load_runs([first])[0]
     assert [e["id"] for e in json.loads(raw["events"])] == ["ev-0", "ev-1", "ev-2"]

@@ -23,6 +23,8 @@ from .connect import (
     OWN_OPTIONS,
     RETRIES,
     TRANSIENT,
+    cluster_nodes,
+    is_cluster,
     sentinel_target,
 )
 from .keys import Keys
@@ -32,7 +34,8 @@ def connect_async(url: str, redis_options: dict[str, Any] | None = None
                   ) -> aredis.Redis[str]:
     """An asyncio client for ``url`` (or a Sentinel service), retrying transient errors
     as ``connect`` does."""
-    target = sentinel_target(url, redis_options or {})
+    options = redis_options or {}
+    target = sentinel_target(url, options)
     settings: dict[str, Any] = {
         "decode_responses": True, "health_check_interval": 30, "socket_keepalive": True,
         "retry": Retry(ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE), RETRIES,
@@ -46,9 +49,20 @@ def connect_async(url: str, redis_options: dict[str, Any] | None = None
                             **settings)
         master: aredis.Redis[str] = sentinel.master_for(target.service_name, **settings)
         return master
+    if is_cluster(url, options):
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        nodes, login = cluster_nodes(url)
+        settings.pop("health_check_interval")
+        settings.update(login)
+        settings.update({k: v for k, v in options.items() if k not in OWN_OPTIONS + ("db",)})
+        cluster: aredis.Redis[str] = RedisCluster(  # type: ignore[assignment]
+            startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+            require_full_coverage=False, **settings)
+        return cluster
     if url.startswith("redis+socket://"):
         url = "unix://" + url[len("redis+socket://"):]
-    settings.update({k: v for k, v in (redis_options or {}).items() if k not in OWN_OPTIONS})
+    settings.update({k: v for k, v in options.items() if k not in OWN_OPTIONS})
     client: aredis.Redis[str] = aredis.Redis.from_url(url, **settings)
     return client
 

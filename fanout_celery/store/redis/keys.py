@@ -95,8 +95,13 @@ class Keys:
         return range(self.shards or 1)
 
     def shard_of(self, run_id: str) -> int:
-        """The shard a run lives in."""
-        return int(run_id[:2], 16) % self.shards if self.shards else 0
+        """The shard a run lives in (any other id, by its CRC: it names no run)."""
+        if not self.shards:
+            return 0
+        head = run_id[:2]
+        if len(head) == 2 and all(c in "0123456789abcdef" for c in head):
+            return int(head, 16) % self.shards
+        return binascii.crc32(run_id.encode()) % self.shards
 
     def event_shard(self, event_id: str) -> int:
         """The shard an event is stored in."""

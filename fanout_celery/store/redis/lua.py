@@ -85,13 +85,21 @@ class Scripts:
         return next((s for s in self._all.values() if s.sha == sha), None)
 
 
+def _queued(pipe: Any) -> list[Any]:
+    """The commands queued in ``pipe`` (a cluster pipeline keeps them elsewhere)."""
+    strategy = getattr(pipe, "_execution_strategy", None)
+    if strategy is not None:
+        return list(strategy.command_queue)
+    return list(getattr(pipe, "command_stack", []))
+
+
 def execute(pipe: Any, scripts: Scripts, client: Any) -> list[Any]:
     """Execute ``pipe``. Commands refused with ``NOSCRIPT`` are run again after the
     scripts are loaded; commands refused with a transient error (``READONLY`` during a
     failover, ``OOM``, ``LOADING``: see ``connect.TRANSIENT``) are run again with the
     client's back-off, on a new connection. Either way the refused command did not run,
     and only such commands run again, in their order. Other errors are raised."""
-    commands = list(getattr(pipe, "command_stack", []))
+    commands = _queued(pipe)
     results = pipe.execute(raise_on_error=False)
     for attempt in range(RETRIES + 1):
         refused = [i for i, r in enumerate(results)
