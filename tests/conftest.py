@@ -96,12 +96,36 @@ def redis_cluster() -> Iterator[str]:
         cluster.stop()
 
 
+STATE_MODE = os.environ.get("FANOUT_TEST_STATE", "").strip().lower()
+
+
+@pytest.fixture(scope="session", autouse=STATE_MODE == "cluster")
+def state_server(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """With FANOUT_TEST_STATE=cluster, the suite keeps fanout's state on a local Redis
+    Cluster (the broker stays on the session's Redis): its URL, exported for worker
+    subprocesses as FANOUT_TEST_STATE_URL. Otherwise None."""
+    if STATE_MODE != "cluster":
+        yield None
+        return
+    url = request.getfixturevalue("redis_cluster")
+    os.environ["FANOUT_TEST_STATE_URL"] = url
+    try:
+        yield url
+    finally:
+        os.environ.pop("FANOUT_TEST_STATE_URL", None)
+
+
 @pytest.fixture
-def redis_url(redis_server: str) -> str:
-    """A Redis emptied before the test."""
+def redis_url(redis_server: str, state_server: str | None) -> str:
+    """A Redis emptied before the test (and the state cluster, with
+    FANOUT_TEST_STATE=cluster)."""
     client = redis.Redis.from_url(redis_server)
     client.flushall()
     client.close()
+    if state_server is not None:
+        from fanout_celery.store.redis import flush_database
+
+        flush_database(state_server)
     return redis_server
 
 
@@ -116,6 +140,8 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def app(redis_url: str) -> Iterator[Celery]:
     application = Celery("tests", set_as_current=False)
     configure_app(application, redis_url)
+    if os.environ.get("FANOUT_TEST_STATE_URL"):
+        application.conf.fanout_redis_url = os.environ["FANOUT_TEST_STATE_URL"]
     yield application
     application.close()
 

@@ -107,6 +107,12 @@ class Execution(AttemptState):
         except PERMANENT as exc:
             return self._fail(exc)
         except Exception as exc:
+            if self.services.store.transient(exc):
+                # The store refused an effect of this attempt (a failover, a restart):
+                # not the handler's failure. The attempt stops without using a retry; the
+                # run keeps its lease, which expires, and resumes from its last
+                # checkpoint.
+                raise
             return self._retry_body(exc)
         try:
             encoded = self._storable(output, "returned")

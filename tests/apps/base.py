@@ -2,8 +2,9 @@
 recovery quick, and the readiness signal ``tests/procs.py`` waits for.
 
 A worker subprocess runs ``celery -A tests.apps.<name>`` with ``FANOUT_TEST_REDIS_URL``
-(fanout state, and the broker unless ``FANOUT_TEST_BROKER_URL`` names another, such as a
-RabbitMQ) and ``FANOUT_TEST_WORKER_TOKEN`` in its environment; once the
+(fanout state unless ``FANOUT_TEST_STATE_URL`` names another, such as a Redis Cluster;
+the broker unless ``FANOUT_TEST_BROKER_URL`` names another, such as a RabbitMQ; the app's
+own bookkeeping) and ``FANOUT_TEST_WORKER_TOKEN`` in its environment; once the
 worker is ready it publishes its subscriptions (a test process that declares no functions
 routes through them) and then writes its pid under ``crash:ready:<token>``.
 """
@@ -22,6 +23,8 @@ from fanout_celery.store.redis import connect
 
 URL = os.environ["FANOUT_TEST_REDIS_URL"]
 BROKER_URL = os.environ.get("FANOUT_TEST_BROKER_URL", "").strip() or URL
+# The session's state Redis when it is not URL: a Redis Cluster (FANOUT_TEST_STATE=cluster).
+STATE_URL = os.environ.get("FANOUT_TEST_STATE_URL", "").strip() or URL
 
 
 def ready_key(token: str) -> str:
@@ -34,7 +37,7 @@ def worker_app(name: str, **conf: Any) -> tuple[Celery, Fanout, redis.Redis[str]
     2 s and a pump every 0.05 s unless given)."""
     app = Celery(name, broker=BROKER_URL, set_as_current=False)
     app.conf.update({
-        "fanout_redis_url": URL,
+        "fanout_redis_url": STATE_URL,
         "result_backend": None,
         "task_default_queue": "celery",
         "broker_connection_retry_on_startup": True,

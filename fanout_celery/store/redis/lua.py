@@ -85,6 +85,22 @@ class Scripts:
         return next((s for s in self._all.values() if s.sha == sha), None)
 
 
+def reconnect(client: Any) -> None:
+    """After a refused command: reconnect, since the server may be a new primary now (on
+    a cluster, ask it again which master holds each slot: a replica may have taken over
+    from a master that died)."""
+    nodes = getattr(client, "nodes_manager", None)
+    if nodes is not None:
+        try:
+            nodes.initialize()
+        except Exception:  # no node answers yet: the next try asks again
+            pass
+        return
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        pool.disconnect()
+
+
 def _queued(pipe: Any) -> list[Any]:
     """The commands queued in ``pipe`` (a cluster pipeline keeps them elsewhere)."""
     strategy = getattr(pipe, "_execution_strategy", None)
@@ -100,7 +116,16 @@ def execute(pipe: Any, scripts: Scripts, client: Any) -> list[Any]:
     client's back-off, on a new connection. Either way the refused command did not run,
     and only such commands run again, in their order. Other errors are raised."""
     commands = _queued(pipe)
-    results = pipe.execute(raise_on_error=False)
+    try:
+        results = pipe.execute(raise_on_error=False)
+    except Exception as exc:
+        # A cluster pipeline raises (it returns no results) when a master is
+        # unreachable; some of its commands may have run on other masters, so none is
+        # sent again here: the caller's retry does. Ask the cluster now who holds each
+        # slot, so that retry reaches the replica that takes over.
+        if is_transient(exc):
+            reconnect(client)
+        raise
     for attempt in range(RETRIES + 1):
         refused = [i for i, r in enumerate(results)
                    if isinstance(r, NoScriptError) or (attempt < RETRIES and is_transient(r))]
@@ -110,9 +135,7 @@ def execute(pipe: Any, scripts: Scripts, client: Any) -> list[Any]:
             scripts.load_all(client)
         else:
             time.sleep(backoff(attempt + 1))
-            pool = getattr(client, "connection_pool", None)  # none on a cluster client,
-            if pool is not None:                             # which refreshes its slots
-                pool.disconnect()  # reconnect: it may reach a new primary
+            reconnect(client)
         again = client.pipeline(transaction=False)
         for i in refused:
             args = commands[i].args if hasattr(commands[i], "args") else commands[i][0]
