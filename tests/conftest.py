@@ -107,11 +107,27 @@ def state_server(request: pytest.FixtureRequest) -> Iterator[str | None]:
     if STATE_MODE != "cluster":
         yield None
         return
+    from fanout_celery.model import settings as settings_module
+
     url = request.getfixturevalue("redis_cluster")
+    plain = request.getfixturevalue("redis_server")
     os.environ["FANOUT_TEST_STATE_URL"] = url
+    # Every Fanout of this process whose state would default to the session's Redis (its
+    # broker, without fanout_redis_url) keeps it on the cluster instead, as the workers'
+    # apps do (tests/apps/base.py).
+    original = settings_module.Settings.from_app.__func__  # type: ignore[attr-defined]
+
+    def from_app(cls: Any, app: Any, **overrides: Any) -> Any:
+        if overrides.get("redis_url") is None and not app.conf.get("fanout_redis_url") \
+                and str(app.conf.broker_url or "").startswith(plain.rsplit("/", 1)[0]):
+            overrides["redis_url"] = url
+        return original(cls, app, **overrides)
+
+    settings_module.Settings.from_app = classmethod(from_app)  # type: ignore[method-assign]
     try:
         yield url
     finally:
+        settings_module.Settings.from_app = classmethod(original)  # type: ignore[method-assign]
         os.environ.pop("FANOUT_TEST_STATE_URL", None)
 
 

@@ -23,6 +23,8 @@ SENDER = textwrap.dedent("""
     from fanout_celery import Event, Fanout
 
     app = Celery("web", broker=sys.argv[1])
+    if len(sys.argv) > 2:  # the state is elsewhere (FANOUT_TEST_STATE=cluster)
+        app.conf.fanout_redis_url = sys.argv[2]
     fanout = Fanout(app)
     assert not fanout.functions and not any(t.startswith("fanout.") for t in app.tasks)
     [event_id] = fanout.send(Event(name="app/order.created", data={"order_id": 7}))
@@ -46,7 +48,9 @@ def test_a_sender_without_handlers_starts_every_subscribed_function(
                  10, "the worker's pump to publish its subscriptions")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-        sender = subprocess.run([sys.executable, "-c", SENDER, redis_url], cwd=REPO_ROOT,
+        state = [os.environ["FANOUT_TEST_STATE_URL"]] \
+            if os.environ.get("FANOUT_TEST_STATE_URL") else []
+        sender = subprocess.run([sys.executable, "-c", SENDER, redis_url, *state], cwd=REPO_ROOT,
                                 env=env, capture_output=True, text=True, timeout=60)
         assert sender.returncode == 0, sender.stderr
         event_id = sender.stdout.strip()

@@ -4,6 +4,7 @@ without persistence, Redis out of memory, and a failover behind a stable address
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +15,13 @@ import redis
 from celery import Celery
 from procs import wait_for, worker_process
 from proxy import SwitchableProxy
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from fanout_celery import Event, Fanout, NoSubscriptionsError
 from fanout_celery.devtools.embedded import EmbeddedRedis
 from fanout_celery.model.events import derived_id
+from fanout_celery.store.port import Started
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -134,6 +138,63 @@ def role(url: str) -> str:
         return str(client.info("replication")["role"])
     finally:
         client.close()
+
+
+def test_a_script_refused_by_a_replica_runs_again_once_the_replica_leads(
+        tmp_path: Path) -> None:
+    """A script's write refused with READONLY (Redis 6.2 words it as a plain
+    ResponseError, which the client's retry does not cover) is tried again, and succeeds
+    once the server leads: a worker starting a run during a failover does not fail the
+    run's message. The client here retries nothing itself, so that every refusal reaches
+    the script call."""
+    from fanout_celery.store.redis import RedisStore
+
+    refused = threading.Event()
+
+    class Watched(redis.Redis):  # type: ignore[type-arg]
+        def evalsha(self, *args: Any) -> Any:
+            try:
+                return super().evalsha(*args)
+            except redis.exceptions.ResponseError as exc:
+                if isinstance(exc, redis.exceptions.ReadOnlyError) or "READONLY" in str(exc):
+                    refused.set()
+                raise
+
+    with EmbeddedRedis(data_dir=tmp_path / "primary") as primary, \
+            EmbeddedRedis(data_dir=tmp_path / "replica") as replica:
+        rc = redis.Redis.from_url(replica.url, decode_responses=True)
+        rc.replicaof("127.0.0.1", primary.port)
+        wait_for(lambda: rc.info("replication").get("master_link_status") == "up", 20,
+                 "the replica to sync")
+        app, sender = sender_for(primary.url)
+
+        @sender.function("script-retry", event="faults/script-retry")
+        def handler(ctx: Any) -> None:
+            return None
+
+        run_id = sender.invoke("script-retry", {})
+        pc = redis.Redis.from_url(primary.url, decode_responses=True)
+        pc.wait(1, 5000)
+        on_replica = RedisStore(replica.url, client=Watched.from_url(
+            replica.url, decode_responses=True, retry=Retry(NoBackoff(), 0)))
+        outcome: list[Any] = []
+        starting = threading.Thread(target=lambda: outcome.append(
+            on_replica.start(run_id, "t" * 32, now=int(time.time() * 1000),
+                             lease_exp=int(time.time() * 1000) + 60_000)))
+        try:
+            starting.start()
+            assert refused.wait(10), "the replica never refused the script"
+            rc.replicaof("NO", "ONE")  # the replica takes over while the call backs off
+            starting.join(30)
+            assert not starting.is_alive()
+        finally:
+            on_replica.close()
+            pc.close()
+            rc.close()
+            app.close()
+    [started] = outcome
+    assert isinstance(started, Started)
+    assert started.run["status"] == "running"
 
 
 def test_a_failover_behind_a_stable_address_loses_no_run_and_stops_no_worker(

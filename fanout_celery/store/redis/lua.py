@@ -23,7 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .connect import RETRIES, backoff, is_transient
 
@@ -50,12 +50,27 @@ class Lua:
         return f"<Lua {self.name}>"
 
     def __call__(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Run the script now (``client``: a Redis client, not a pipeline)."""
-        try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            client.script_load(self.source)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+        """Run the script now (``client``: a Redis client, not a pipeline).
+
+        A script whose write the server refuses (``READONLY`` from a primary a failover
+        demoted, ``OOM``; Redis 6.2 words it "Error running script ... -READONLY ...", a
+        plain ``ResponseError`` the client's own retry does not cover) is refused at its
+        first write: a replica takes none, and over ``maxmemory`` only a script that has
+        not written yet is refused. It changed nothing, so it runs again here, with the
+        client's back-off, on a new connection (which reaches a new primary)."""
+        for attempt in range(RETRIES + 1):
+            try:
+                try:
+                    return client.evalsha(self.sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    client.script_load(self.source)
+                    return client.evalsha(self.sha, len(keys), *keys, *args)
+            except ResponseError as exc:
+                if attempt == RETRIES or not is_transient(exc):
+                    raise
+            time.sleep(backoff(attempt + 1))
+            reconnect(client)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
         """Add a call to ``pipe`` (run it with ``execute``). By ``execute_command``: a
