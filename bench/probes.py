@@ -110,6 +110,19 @@ class RedisInfo:
         return str(self.client.info("server").get("redis_version", "?"))
 
 
+def masters_of(url: str) -> list[RedisInfo]:
+    """One ``RedisInfo`` per master (one for a plain URL)."""
+    if not url.startswith("redis+cluster://"):
+        return [RedisInfo(url)]
+    first = url.removeprefix("redis+cluster://").split(",")[0]
+    client = redis.RedisCluster.from_url(f"redis://{first}")
+    try:
+        return [RedisInfo(f"redis://{node.host}:{node.port}/0")
+                for node in client.get_primaries()]
+    finally:
+        client.close()
+
+
 def proc_status(pid: int, field: str) -> int:
     """A ``kB`` field of /proc/<pid>/status (VmRSS, VmHWM); 0 where unavailable."""
     try:

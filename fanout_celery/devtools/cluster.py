@@ -153,6 +153,41 @@ class LocalCluster:
             with contextlib.suppress(Exception):
                 node._proc.wait(timeout=10)  # type: ignore[union-attr]
 
+    def owner(self, slot: int) -> EmbeddedRedis:
+        """The master serving ``slot`` now."""
+        for node in self.masters():
+            for entry in self._cmd(node, "CLUSTER", "SLOTS"):
+                if int(entry[0]) <= slot <= int(entry[1]) and int(entry[2][1]) == node.port:
+                    return node
+        raise RuntimeError(f"local cluster: no master serves slot {slot}")
+
+    def migrate_slot(self, slot: int, target: EmbeddedRedis, batch: int = 10,
+                     pause: float = 0.0) -> int:
+        """Reshard ``slot`` to ``target`` as ``redis-cli --cluster reshard`` does: mark it
+        importing on the target and migrating on its owner, ``MIGRATE`` its keys
+        ``batch`` at a time (``pause`` seconds apart, so that clients meet the slot
+        half-moved: ``ASK`` redirections, ``TRYAGAIN`` for scripts whose keys are split),
+        then assign it to the target on every master. Returns the keys moved."""
+        source = self.owner(slot)
+        if source.port == target.port:
+            return 0
+        source_id = self._cmd(source, "CLUSTER", "MYID")
+        target_id = self._cmd(target, "CLUSTER", "MYID")
+        self._cmd(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        self._cmd(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while True:
+            keys = self._cmd(source, "CLUSTER", "GETKEYSINSLOT", slot, batch)
+            if not keys:
+                break
+            self._cmd(source, "MIGRATE", HOST, target.port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+            if pause:
+                time.sleep(pause)
+        for node in [target, source, *self.masters()]:
+            self._cmd(node, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        return moved
+
     def wait_healthy(self, timeout: float | None = None) -> None:
         saved = self.startup_timeout
         self.startup_timeout = timeout or saved

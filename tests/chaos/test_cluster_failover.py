@@ -4,7 +4,10 @@ maintenance) or its process SIGKILLed (its replica takes over after the node tim
 The cluster is the test's own (3 masters, a replica each); the broker is the session's
 Redis; two prefork workers of ``tests/apps/chaos_app.py`` are not restarted: they follow
 the new master by themselves. The sender retries the same event ids while the slots of
-the failed master are unavailable."""
+the failed master are unavailable. A third case moves every slot of a master to another
+while runs execute in them (resharding: ``ASK`` redirections, ``TRYAGAIN`` for scripts
+whose keys are split between the two): the clients follow without surfacing an error to
+a handler."""
 
 from __future__ import annotations
 
@@ -31,11 +34,23 @@ from redis.exceptions import RedisClusterException, RedisError
 from fanout_celery import Fanout
 from fanout_celery.devtools.cluster import HOST, LocalCluster
 from fanout_celery.devtools.resp import command, info
+from fanout_celery.store.redis.keys import key_slot
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 RATE = 10.0  # parent events sent per second
 RETRYABLE = (RedisError, RedisClusterException, OSError)
+
+
+def scan_keys(port: int) -> list[str]:
+    """Every key a node holds (its own slots only)."""
+    keys: list[str] = []
+    cursor = "0"
+    while True:
+        cursor, batch = command(HOST, port, "SCAN", cursor, "COUNT", 1000, timeout=5.0)
+        keys.extend(batch)
+        if cursor == "0":
+            return keys
 
 
 def replica_of(cluster: LocalCluster, master_port: int) -> int:
@@ -49,7 +64,7 @@ def replica_of(cluster: LocalCluster, master_port: int) -> int:
 
 
 @pytest.mark.timeout(int(300 + 120 * scale()))
-@pytest.mark.parametrize("how", ["cluster-failover", "sigkill"])
+@pytest.mark.parametrize("how", ["cluster-failover", "sigkill", "reshard"])
 def test_a_master_failing_over_mid_fan_out_loses_no_run(redis_url, redis_client, monkeypatch,
                                                         chaos_report, how):
     parents = scaled(150)
@@ -91,15 +106,26 @@ def test_a_master_failing_over_mid_fan_out_loses_no_run(redis_url, redis_client,
             thread.start()
             wait_for(lambda: len(sent) >= parents // 3, 60, "a third of the events sent")
             victim = cluster.masters()[0]
-            replica = replica_of(cluster, victim.port)
             failed_at = time.monotonic()
-            if how == "cluster-failover":
-                # Coordinated: the master stops writes until its replica caught up.
-                command(HOST, replica, "CLUSTER", "FAILOVER", timeout=5.0)
+            if how == "reshard":
+                # Every slot of the master that holds keys moves to another master, a
+                # few keys at a time, while runs execute in them.
+                target = cluster.masters()[1]
+                slots = sorted({key_slot(k) for k in scan_keys(victim.port)})
+                moved = sum(cluster.migrate_slot(slot, target, batch=5, pause=0.02)
+                            for slot in slots)
+                assert moved and not scan_keys(victim.port)
+                what = f"resharding of {len(slots)} slots ({moved} keys) from one of 3 masters"
             else:
-                cluster.kill(victim)
-            wait_for(lambda: info(HOST, replica, "replication").get("role") == "master",
-                     60, "the replica to take over")
+                replica = replica_of(cluster, victim.port)
+                if how == "cluster-failover":
+                    # Coordinated: the master stops writes until its replica caught up.
+                    command(HOST, replica, "CLUSTER", "FAILOVER", timeout=5.0)
+                else:
+                    cluster.kill(victim)
+                wait_for(lambda: info(HOST, replica, "replication").get("role") == "master",
+                         60, "the replica to take over")
+                what = f"{how} of one of 3 masters"
             took = time.monotonic() - failed_at
             thread.join()
             assert not failure, f"sending failed: {failure[0]!r}"
@@ -111,7 +137,7 @@ def test_a_master_failing_over_mid_fan_out_loses_no_run(redis_url, redis_client,
             found = audit(sender, redis_client, sent, single_attempts=False)
 
     chaos_report(
-        f"{how} of one of 3 masters after {took:.1f}s: runs={found.runs} steps={found.steps} "
+        f"{what} after {took:.1f}s: runs={found.runs} steps={found.steps} "
         f"step-body executions={found.executions} re-executions={found.reexecutions} "
         f"sender retries={retries} lost={len(found.problems)} "
         f"(all final {drained:.1f}s after the last event was sent)")
