@@ -16,7 +16,7 @@ from celery import Celery
 # Celery's own threaded worker fixture.
 from celery.contrib.pytest import celery_worker  # noqa: F401
 from celery.contrib.testing.worker import start_worker
-from support import configure_app
+from support import STATE_MODE, configure_app
 
 from fanout_celery import Fanout
 
@@ -96,7 +96,6 @@ def redis_cluster() -> Iterator[str]:
         cluster.stop()
 
 
-STATE_MODE = os.environ.get("FANOUT_TEST_STATE", "").strip().lower()
 
 
 @pytest.fixture(scope="session", autouse=STATE_MODE == "cluster")
@@ -148,6 +147,20 @@ def redis_url(redis_server: str, state_server: str | None) -> str:
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def state_client(redis_client: redis.Redis, state_server: str | None) -> Iterator[Any]:
+    """The client of the Redis holding fanout's state: ``redis_client``, or a cluster
+    client with FANOUT_TEST_STATE=cluster (for tests that inspect the state's keys)."""
+    if state_server is None:
+        yield redis_client
+        return
+    from fanout_celery.store.redis import connect
+
+    client = connect(state_server, {"decode_responses": True})
     yield client
     client.close()
 

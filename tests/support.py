@@ -3,11 +3,15 @@ a ``conftest`` module cannot be imported reliably once subfolders have their own
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+
+# "cluster" with FANOUT_TEST_STATE=cluster: fanout's state on a local Redis Cluster.
+STATE_MODE = os.environ.get("FANOUT_TEST_STATE", "").strip().lower()
 
 
 def configure_app(app: Celery, url: str) -> None:

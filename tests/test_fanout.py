@@ -9,7 +9,6 @@ from __future__ import annotations
 from support import wait_until
 
 from fanout_celery import Event, RetryPolicy
-from fanout_celery.store.redis.keys import Keys
 
 FAST = RetryPolicy(max_retries=2, backoff=0.05, jitter=0)
 
@@ -149,7 +148,7 @@ def test_child_runs_record_their_parent_run_and_step(app, fanout, worker):
     assert all(c.parent_step_id == "spawn" for c in children)
 
 
-def test_an_event_without_subscribers_is_stored_and_starts_nothing(app, fanout, redis_client):
+def test_an_event_without_subscribers_is_stored_and_starts_nothing(app, fanout, state_client):
     @fanout.function(id="unrelated", event="app/unrelated")
     def unrelated(ctx):
         return None
@@ -165,5 +164,7 @@ def test_an_event_without_subscribers_is_stored_and_starts_nothing(app, fanout, 
         assert stored["data"] == {"n": n}
     assert fanout.store.count("dispatch") == 0
     assert fanout.store.count("timers") == 0
-    assert redis_client.keys(Keys(fanout.settings.key_prefix).run("*")) == []
+    keys = fanout.store.keys
+    pattern = f"{keys.prefix}:*run:*" if keys.sharded else keys.run("*")
+    assert list(state_client.scan_iter(match=pattern)) == []
     assert fanout.store.function_run_ids(["unrelated"]) == []

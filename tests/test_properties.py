@@ -41,7 +41,6 @@ from fanout_celery.model.cron import next_fire_times, parse_cron
 from fanout_celery.model.durations import MAX_SECONDS, parse_duration
 from fanout_celery.model.events import now_ms
 from fanout_celery.model.patterns import check_path, resolve_path
-from fanout_celery.store.redis.keys import Keys
 
 # Modest counts: the whole file runs in well under a minute.
 PURE = settings(max_examples=200, deadline=None, database=None,
@@ -633,9 +632,9 @@ def valid_step_id(step_id: Any) -> bool:
 
 
 def test_step_ids_of_any_characters_stay_fields_of_their_own_run(app, fanout, worker,
-                                                                 redis_client):
+                                                                 state_client):
     plans: dict[str, list[Any]] = {}
-    keys = Keys(fanout.settings.key_prefix)
+    keys = fanout.store.keys
     broker_keys = {"celery", "unacked", "unacked_index", "unacked_mutex"}
 
     @fanout.function("steps", event="app/steps",
@@ -656,14 +655,14 @@ def test_step_ids_of_any_characters_stay_fields_of_their_own_run(app, fanout, wo
         victim, _ = run_with(["v1", "v2"])  # also creates every global index key
         assert victim.status == "completed"
         victim_keys = [keys.run(victim.id), keys.steps(victim.id)]
-        victim_state = [redis_client.dump(k) for k in victim_keys]
+        victim_state = [state_client.dump(k) for k in victim_keys]
 
         @WORKER
         @given(ids=st.lists(step_ids, min_size=1, max_size=4))
         @example(ids=["ok", "\ud800"])  # not UTF-8: Redis cannot store it
         @example(ids=["x}:steps", "x}:steps", "{x}"])
         def check(ids: list[Any]) -> None:
-            before = set(redis_client.scan_iter())
+            before = set(state_client.scan_iter())
             run, event_id = run_with(ids)
             bad = [i for i, s in enumerate(ids) if not valid_step_id(s)]
             if bad:
@@ -676,15 +675,20 @@ def test_step_ids_of_any_characters_stay_fields_of_their_own_run(app, fanout, wo
                 assert len(run.steps) == len(ids)
             for step, step_id in zip(run.steps, ids, strict=False):
                 assert step.id == step_id or step.id.startswith(f"{step_id}:")
-            fields = redis_client.hkeys(keys.steps(run.id))
+            fields = state_client.hkeys(keys.steps(run.id))
             assert sorted(fields) == sorted(s.id for s in run.steps)
             own = {keys.run(run.id), keys.steps(run.id), keys.done(run.id),
                    keys.event(event_id), keys.event_runs(event_id)}
-            new = set(redis_client.scan_iter()) - before
+            if keys.sharded:  # a shard's indexes are made by the first run or event in it
+                shard = keys.shard_of(run.id)
+                own |= {keys.event_runs(event_id, shard), keys.function_runs("steps", shard),
+                        keys.events(keys.event_shard(event_id)), keys.timers(shard),
+                        keys.leases(shard), keys.dispatch(shard), keys.deadlines(shard)}
+            new = set(state_client.scan_iter()) - before
             strays = {k for k in new - own
                       if k not in broker_keys and not k.startswith("_kombu.")}
             assert not strays, f"keys outside the run's own: {strays}"
-            assert [redis_client.dump(k) for k in victim_keys] == victim_state
+            assert [state_client.dump(k) for k in victim_keys] == victim_state
 
         check()
         # The worker is still alive and serving runs.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from fanout_celery import Event, Function
-from fanout_celery.store.redis.keys import Keys
 
 
 def test_a_function_is_a_registered_celery_task_named_after_its_id(app, fanout):
@@ -39,7 +38,7 @@ def test_celery_inspect_registered_lists_the_functions(app, fanout, worker):
     assert "fanout.listed" in names
 
 
-def test_a_finished_run_expires_after_the_retention_period(app, redis_client, worker):
+def test_a_finished_run_expires_after_the_retention_period(app, state_client, worker):
     from fanout_celery import Fanout
 
     app.conf.fanout_retention = 60
@@ -53,9 +52,9 @@ def test_a_finished_run_expires_after_the_retention_period(app, redis_client, wo
         [event_id] = fanout.send(Event(name="app/x"))
         [run] = fanout.runs_for_event(event_id)
         assert fanout.wait_for_run(run.id, timeout=20).status == "completed"
-    keys = Keys(fanout.settings.key_prefix)
+    keys = fanout.store.keys
     for key in (keys.run(run.id), keys.steps(run.id)):
-        ttl = redis_client.pttl(key)
+        ttl = state_client.pttl(key)
         assert 0 < ttl <= 60_000, (key, ttl)
 
 
