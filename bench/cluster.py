@@ -91,6 +91,20 @@ def side_main(side: str, runs: int, events: int, concurrency: int) -> dict[str, 
                         "redis_cpu": delta(s0, s1, "cpu"),
                         "commands": delta(s0, s1, "commands"),
                         "evalsha": delta(s0, s1, "cmdstat_evalsha")}
+
+        # Runs that park once: a step, a 1 s sleep (park, timer, wake, resume), a step.
+        sleepers = max(1, runs // 2)
+        tag = bench.tag()
+        s0 = snapshot(masters)
+        started = time.perf_counter()
+        fanout.send([{"name": "bench/sleep", "data": {"seconds": 1.0, "tag": tag}}
+                     for _ in range(sleepers)])
+        bench.wait_done(tag, sleepers, timeout=60 + sleepers * 0.1)
+        bench.wait_runs_settled()
+        elapsed = time.perf_counter() - started
+        s1 = snapshot(masters)
+        out["sleeps"] = {"runs": sleepers, "seconds": elapsed,
+                         "redis_cpu": delta(s0, s1, "cpu")}
         out["keys"] = [int(m.client.dbsize()) for m in masters]
         out["memory"] = [int(m.client.info("memory")["used_memory"]) for m in masters]
         return out
@@ -176,14 +190,20 @@ def _report(results: dict[str, list[dict[str, Any]]], events: int, runs: int) ->
     print(f"  cluster / node: {ratio:.2f}x the time")
 
     part = s["cluster"]["steps"]
-    print(f"\n== Per master of the cluster ({runs + events:,} runs stored: {events:,} queued "
-          f"by the dispatch, {runs:,} completed)")
+    stored = runs + events + runs // 2
+    print(f"\n== Per master of the cluster ({stored:,} runs stored: {events:,} queued by the "
+          f"dispatch, {stored - events:,} completed)")
     print(f"  keys:                     {_spread([float(k) for k in s['cluster']['keys']])}")
     print(f"  commands during the runs: {_spread(part['commands'])}")
     print(f"  EVALSHA during the runs:  {_spread(part['evalsha'])}")
     print("  Redis CPU per step:       " + ", ".join(
         f"{cpu / steps * 1e6:.1f} µs" for cpu in part["redis_cpu"])
         + f" (one node: {sum(s['node']['steps']['redis_cpu']) / steps * 1e6:.1f} µs)")
+    sl = {side: best(side, "sleeps")["sleeps"] for side in SIDES}
+    n_sleep = sl["node"]["runs"]
+    print("  Redis CPU per sleeping run (a step, a 1 s sleep, a step): " + ", ".join(
+        f"{cpu / n_sleep * 1e6:.0f} µs" for cpu in sl["cluster"]["redis_cpu"])
+        + f" (one node: {sum(sl['node']['redis_cpu']) / n_sleep * 1e6:.0f} µs)")
     print("  used memory:              " + ", ".join(
         f"{m / 2**20:.1f} MiB" for m in s["cluster"]["memory"])
         + f" (one node: {sum(s['node']['memory']) / 2**20:.1f} MiB)")

@@ -111,6 +111,7 @@ def state_server(request: pytest.FixtureRequest) -> Iterator[str | None]:
     url = request.getfixturevalue("redis_cluster")
     plain = request.getfixturevalue("redis_server")
     os.environ["FANOUT_TEST_STATE_URL"] = url
+    os.environ["FANOUT_TEST_SESSION_REDIS"] = plain  # workers on it keep state on the cluster
     # Every Fanout of this process whose state would default to the session's Redis (its
     # broker, without fanout_redis_url) keeps it on the cluster instead, as the workers'
     # apps do (tests/apps/base.py).
@@ -128,6 +129,7 @@ def state_server(request: pytest.FixtureRequest) -> Iterator[str | None]:
     finally:
         settings_module.Settings.from_app = classmethod(original)  # type: ignore[method-assign]
         os.environ.pop("FANOUT_TEST_STATE_URL", None)
+        os.environ.pop("FANOUT_TEST_SESSION_REDIS", None)
 
 
 @pytest.fixture

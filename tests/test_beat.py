@@ -53,8 +53,8 @@ def test_a_cron_run_gets_the_scheduled_timer_event(redis_url, redis_client):
         slot = wait_for(lambda: fired(redis_client), 30, "a cron firing")[0]
     app = Celery("reader", broker=redis_url, set_as_current=False)
     reader = Fanout(app)
-    runs = [run for run in (reader.get_run(rid) for rid in
-                            redis_client.zrange("fanout:function:every-two-seconds:runs", 0, -1))
+    runs = [run for run in (reader.get_run(rid) for _, rid in
+                            reader.store.function_run_ids(["every-two-seconds"]))
             if run is not None and run.output == slot]
     assert len(runs) == 1
     event = runs[0].events[0]

@@ -6,6 +6,7 @@ fanout's state is in Redis either way.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -42,7 +43,8 @@ def broker(request: pytest.FixtureRequest, redis_url: str) -> str:
 def sender(redis_url: str, broker: str) -> Iterator[Fanout]:
     """A process that declares no functions and sends through ``broker``."""
     app = Celery("broker-sender", broker=broker, set_as_current=False)
-    app.conf.update(fanout_redis_url=redis_url, result_backend=None,
+    state = os.environ.get("FANOUT_TEST_STATE_URL") or redis_url  # a cluster in cluster mode
+    app.conf.update(fanout_redis_url=state, result_backend=None,
                     broker_connection_retry_on_startup=True)
     yield Fanout(app)
     app.close()

@@ -101,7 +101,11 @@ def test_a_pickled_message_for_a_function_task_is_refused_not_executed(
 # -- check_redis ---------------------------------------------------------------------------
 
 @contextmanager
-def maxmemory_policy(client: redis.Redis, policy: str) -> Iterator[None]:
+def maxmemory_policy(client: Any, policy: str) -> Iterator[None]:
+    """``policy`` on the state's server (on one master of a cluster: the check reads
+    every master's)."""
+    if isinstance(client, redis.RedisCluster):
+        client = client.get_redis_connection(client.get_primaries()[-1])
     try:
         previous = client.config_get("maxmemory-policy")["maxmemory-policy"]
     except redis.ResponseError as exc:  # e.g. FANOUT_TEST_REDIS_URL on a managed Redis
@@ -114,18 +118,18 @@ def maxmemory_policy(client: redis.Redis, policy: str) -> Iterator[None]:
 
 
 @pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random"])
-def test_check_redis_warns_about_an_allkeys_eviction_policy(fanout, redis_client, caplog,
+def test_check_redis_warns_about_an_allkeys_eviction_policy(fanout, state_client, caplog,
                                                             policy):
     caplog.set_level(logging.WARNING, logger="fanout")
-    with maxmemory_policy(redis_client, policy):
+    with maxmemory_policy(state_client, policy):
         problems = fanout.check_redis()
     assert len(problems) == 1 and f"maxmemory-policy is {policy!r}" in problems[0]
     assert f"maxmemory-policy is {policy!r}" in caplog.text
 
 
 @pytest.mark.parametrize("policy", ["noeviction", "volatile-lru", "volatile-ttl"])
-def test_check_redis_accepts_policies_that_keep_live_runs(fanout, redis_client, policy):
-    with maxmemory_policy(redis_client, policy):
+def test_check_redis_accepts_policies_that_keep_live_runs(fanout, state_client, policy):
+    with maxmemory_policy(state_client, policy):
         assert fanout.check_redis() == []
 
 
@@ -197,7 +201,7 @@ def test_code_in_event_data_round_trips_as_data_and_never_runs(app, fanout, work
 # -- key prefixes isolate apps -------------------------------------------------------------
 
 def test_apps_with_different_key_prefixes_never_see_each_other(redis_url, redis_client,
-                                                               worker):
+                                                               state_client, worker):
     alpha = new_app(redis_url, "alpha", fanout_key_prefix="alpha", task_default_queue="alpha")
     beta = new_app(redis_url, "beta", fanout_key_prefix="beta", task_default_queue="beta")
     fa, fb = Fanout(alpha), Fanout(beta)
@@ -250,7 +254,7 @@ def test_apps_with_different_key_prefixes_never_see_each_other(redis_url, redis_
     assert set(fa.store.load_subscriptions()) == {"shared", "only-alpha"}
     beta_listing = cli(beta, "runs").output
     assert run_b.id in beta_listing and only_run.id not in beta_listing
-    keys = set(redis_client.scan_iter())
+    keys = set(state_client.scan_iter())
     assert not {k for k in keys if k.startswith("fanout")}
     assert {k for k in keys if k.startswith("alpha:")} and {k for k in keys
                                                             if k.startswith("beta:")}

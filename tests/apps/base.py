@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
@@ -23,8 +24,20 @@ from fanout_celery.store.redis import connect
 
 URL = os.environ["FANOUT_TEST_REDIS_URL"]
 BROKER_URL = os.environ.get("FANOUT_TEST_BROKER_URL", "").strip() or URL
-# The session's state Redis when it is not URL: a Redis Cluster (FANOUT_TEST_STATE=cluster).
-STATE_URL = os.environ.get("FANOUT_TEST_STATE_URL", "").strip() or URL
+
+
+def _state_url() -> str:
+    """The session's state Redis when it is not URL: a Redis Cluster
+    (FANOUT_TEST_STATE=cluster), for workers on the session's Redis only; a test that
+    starts a Redis of its own (a restart, a failover) keeps the state there."""
+    state = os.environ.get("FANOUT_TEST_STATE_URL", "").strip()
+    session = os.environ.get("FANOUT_TEST_SESSION_REDIS", "").strip()
+    if state and (not session or urlsplit(session).netloc == urlsplit(URL).netloc):
+        return state
+    return URL
+
+
+STATE_URL = _state_url()
 
 
 def ready_key(token: str) -> str:

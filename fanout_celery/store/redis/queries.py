@@ -155,19 +155,30 @@ class QueryOps(RedisBase):
         out = {"server": name, "version": str(info.get(f"{name}_version") or
                                                info.get("redis_version", ""))}
         try:
-            policy = self._first(self.client.config_get("maxmemory-policy")).get(
-                "maxmemory-policy")
+            if self.cluster:  # every master's: the worst is the one that matters
+                replies = self.client.config_get(  # type: ignore[call-arg]
+                    "maxmemory-policy", target_nodes="primaries")
+                policies = [str(r.get("maxmemory-policy") or "") for r in
+                            (replies.values() if self._per_node(replies) else [replies])]
+            else:
+                policies = [str(self.client.config_get("maxmemory-policy").get(
+                    "maxmemory-policy") or "")]
+            policy = next((p for p in policies if p.startswith("allkeys")),
+                          next((p for p in policies if p), ""))
             if policy:
-                out["maxmemory_policy"] = str(policy)
+                out["maxmemory_policy"] = policy
         except Exception:  # CONFIG not allowed
             pass
         return out
 
+    def _per_node(self, reply: Any) -> bool:
+        return bool(self.cluster and isinstance(reply, dict) and reply and all(
+            isinstance(v, dict) for v in reply.values()) and all(
+            ":" in str(k) for k in reply))
+
     def _first(self, reply: Any) -> dict[str, Any]:
         """A per-node reply of a cluster client (``{node: reply}``) as one node's."""
-        if self.cluster and isinstance(reply, dict) and reply and all(
-                isinstance(v, dict) for v in reply.values()) and all(
-                ":" in str(k) for k in reply):
+        if self._per_node(reply):
             return dict(next(iter(reply.values())))
         return dict(reply)
 
