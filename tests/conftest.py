@@ -25,14 +25,16 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     """Which server the session runs on, so a run says what it tested."""
     from fanout_celery.devtools.binaries import find_redis_server, server_version
 
+    state = ["fanout state: on a local 3-master Redis Cluster (FANOUT_TEST_STATE=cluster)"
+             if STATE_MODE == "cluster" else "fanout state: on the session's Redis"]
     url = os.environ.get("FANOUT_TEST_REDIS_URL", "").strip()
     if url:
-        return [f"redis: {url} (FANOUT_TEST_REDIS_URL)"]
+        return [f"redis: {url} (FANOUT_TEST_REDIS_URL)", *state]
     try:
         binary = find_redis_server()
     except RuntimeError as exc:
-        return [f"redis-server: none ({exc})"]
-    return [f"redis-server: {server_version(binary)} ({binary})"]
+        return [f"redis-server: none ({exc})", *state]
+    return [f"redis-server: {server_version(binary)} ({binary})", *state]
 
 
 @pytest.fixture(scope="session")
