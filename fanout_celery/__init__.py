@@ -24,7 +24,7 @@ from .fanout import Fanout
 from .integration import signals
 from .integration.task import Function
 from .model.cancellation import CancelOn, Timeouts
-from .model.events import Event
+from .model.events import Event, StreamedIds
 from .model.flowcontrol import (
     Batch,
     Concurrency,
@@ -77,6 +77,7 @@ __all__ = [
     "StepError",
     "StepOutputError",
     "StepRecord",
+    "StreamedIds",
     "Throttle",
     "Timeouts",
     "TooManyStepsError",

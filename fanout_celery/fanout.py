@@ -251,6 +251,9 @@ class Fanout:
         """Publish one event or a list of them; every subscribed function gets one run
         per event. Returns the event ids. A batch with one bad event sends none.
 
+        An iterator or generator is sent as a stream, 500 events at a time, without
+        holding it all; a bad event stops it at its chunk, after the chunks before it.
+
         While Redis or the broker is unreachable this raises their connection error
         (``redis.ConnectionError``, ``kombu.exceptions.OperationalError``); sending the
         same events again is safe when they carry their own ids (an id starts one run)."""

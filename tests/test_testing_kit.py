@@ -608,3 +608,24 @@ def test_the_plugin_empties_the_test_redis_before_each_test(fanout_redis):
         client.set("left-behind", 1)  # the next test using fanout_redis starts empty
     finally:
         client.close()
+
+
+def test_a_streamed_send_event_runs_in_process_with_derived_ids():
+    app = Celery("testing-kit-stream", set_as_current=False)
+    fanout = Fanout(app)
+
+    @fanout.function("streamer", retries=FAST)
+    def streamer(ctx):
+        sent = ctx.step.send_event("all", ({"name": "app/each", "data": {"i": i}}
+                                           for i in range(1203)))
+        return [len(sent), sent[0], sent[-1]]
+
+    result = run_function(streamer)
+    app.close()
+
+    assert result.status == "completed"
+    assert [e.data["i"] for e in result.events_sent] == list(range(1203))
+    ids = [derived_id(result.run_id, "all", str(i)) for i in range(1203)]
+    assert [e.id for e in result.events_sent] == ids
+    assert result.output == [1203, ids[0], ids[-1]]
+    assert result.step("all").output == {"streamed": 1203}

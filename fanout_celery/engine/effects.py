@@ -4,7 +4,7 @@ its end."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..model.definition import Subscription
@@ -27,6 +27,10 @@ class EngineEffects:
     def prepare_events(self, events: Any, *, ctx: Any,
                        id_for: Callable[[int], str]) -> list[dict[str, Any]]:
         return self.sender.prepare(events, ctx=ctx, id_for=id_for)
+
+    def stream_events(self, events: Any, *, ctx: Any, id_for: Callable[[int], str],
+                      start: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        return self.sender.stream(events, ctx=ctx, id_for=id_for, start=start)
 
     def send_events(self, records: Sequence[dict[str, Any]], *,
                     parent: tuple[str, str]) -> None:

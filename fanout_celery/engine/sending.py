@@ -3,12 +3,12 @@ then dispatch. A batch with one bad event sends none."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..errors import InvalidEventError
 from ..model.definition import Subscription
-from ..model.events import FUNCTION_INVOKED, new_id, prepare, prepare_batch
+from ..model.events import FUNCTION_INVOKED, chunks, is_stream, new_id, prepare, prepare_batch
 from ..model.middleware import Chain
 from ..model.records import run_id_for
 from ..model.settings import Settings
@@ -36,10 +36,34 @@ class Sender:
     def send(self, events: Any, *, parent: tuple[str, str] | None = None, ctx: Any = None,
              id_for: Callable[[int], str] | None = None) -> list[str]:
         """Validate and dispatch ``events``; returns their ids. ``id_for(i)`` gives an id
-        to events without one (derived from the sending step, so a replay repeats it)."""
+        to events without one (derived from the sending step, so a replay repeats it).
+        A stream (``is_stream``) is validated and dispatched chunk by chunk."""
+        if is_stream(events):
+            ids: list[str] = []
+            for _, chunk in self.stream(events, ctx=ctx, id_for=id_for):
+                self.dispatch(chunk, parent=parent)
+                ids.extend(r["id"] for r in chunk)
+            return ids
         records = self.prepare(events, ctx=ctx, id_for=id_for)
         self.dispatch(records, parent=parent)
         return [r["id"] for r in records]
+
+    def stream(self, events: Any, *, ctx: Any = None,
+               id_for: Callable[[int], str] | None = None,
+               start: int = 0) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """The stream ``events`` as prepared chunks, ``(events read so far, records)``,
+        from its event ``start`` on. Each chunk is validated when it is read: a bad event
+        stops the stream there, after the chunks before it were sent."""
+        for first, chunk in chunks(events, start):
+            offset = (lambda i, first=first: id_for(first + i)) if id_for else None
+            try:
+                records = self.prepare(chunk, ctx=ctx, id_for=offset)
+            except InvalidEventError as exc:
+                raise InvalidEventError(
+                    f"in the chunk of the stream from event #{first}: "
+                    f"{str(exc).removesuffix('; nothing was sent')}; the {first} events "
+                    "before it were sent") from None
+            yield first + len(chunk), records
 
     def prepare(self, events: Any, *, ctx: Any = None,
                 id_for: Callable[[int], str] | None = None) -> list[dict[str, Any]]:

@@ -12,7 +12,9 @@ import json
 import re
 import time
 import uuid
-from typing import Any
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from typing import Any, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -170,6 +172,64 @@ def prepare(event: Any, *, max_bytes: int, event_id: str | None = None,
     return parsed
 
 
+# Events of a stream (an iterator or generator given to send / send_event) are validated
+# and sent this many at a time, so a sender holds one chunk, not the stream.
+STREAM_CHUNK = 500
+
+
+def is_stream(events: Any) -> bool:
+    """Whether ``events`` is a stream (any iterable but one event, a list or a tuple):
+    sent chunk by chunk, without holding it all."""
+    if isinstance(events, (Event, dict, list, tuple, str, bytes, bytearray)):
+        return False
+    return hasattr(events, "__iter__")
+
+
+def chunks(events: Any, start: int = 0) -> Iterator[tuple[int, list[Any]]]:
+    """``(index of its first event, chunk)`` for each ``STREAM_CHUNK`` events of the
+    stream ``events``, skipping its first ``start`` events (already sent)."""
+    iterator = iter(events)
+    skipped = sum(1 for _ in islice(iterator, start))
+    if skipped < start:
+        return
+    index = start
+    while chunk := list(islice(iterator, STREAM_CHUNK)):
+        yield index, chunk
+        index += len(chunk)
+
+
+class StreamedIds(Sequence[str]):
+    """The ids of the events a ``step.send_event`` streamed, derived on demand from the
+    run, the step and each event's index (no list of a million ids is held or stored).
+    An event of a stream that carried its own id was sent with it; its entry here is
+    the derived one."""
+
+    __slots__ = ("key", "run_id", "size")
+
+    def __init__(self, run_id: str, key: str, count: int) -> None:
+        self.run_id, self.key, self.size = run_id, key, count
+
+    def __len__(self) -> int:
+        return self.size
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.size))]
+        if index < 0:
+            index += self.size
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        return derived_id(self.run_id, self.key, str(index))
+
+    def __repr__(self) -> str:
+        return f"<StreamedIds of {self.size} events sent by step {self.key!r}>"
+
+
 def prepare_batch(events: Any, *, max_bytes: int, id_for: Any = None,
                   allow_system: bool = False) -> list[dict[str, Any]]:
     """Validate a batch before anything is written: one bad event rejects all of them.
@@ -180,7 +240,8 @@ def prepare_batch(events: Any, *, max_bytes: int, id_for: Any = None,
         events = [events]
     if not isinstance(events, (list, tuple)):
         raise InvalidEventError(
-            f"expected an Event, a dict or a list of them, got {type(events).__name__}"
+            f"expected an Event, a dict, a list of them or an iterator over them, got "
+            f"{type(events).__name__}"
         )
     out: list[dict[str, Any]] = []
     seen: set[str] = set()

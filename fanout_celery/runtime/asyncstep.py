@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from ..errors import InvalidStepError, NestedStepError
-from ..model.events import Event
+from ..model.events import Event, StreamedIds
 from ..model.retry import RetryPolicy
 from .core import StepCore
 from .step import Step
@@ -77,9 +77,18 @@ class AsyncStep:
             core.active = None
         return core.completed(plan, value)
 
-    async def send_event(self, step_id: str, events: Any) -> list[str]:
+    @overload
+    async def send_event(  # type: ignore[overload-overlap]
+            self, step_id: str,
+            events: Event | dict[str, Any] | list[Any] | tuple[Any, ...]) -> list[str]: ...
+    @overload
+    async def send_event(self, step_id: str, events: Iterable[Any]) -> StreamedIds: ...
+
+    async def send_event(self, step_id: str, events: Any) -> list[str] | StreamedIds:
+        """``Step.send_event``: a list, or a (synchronous) iterator sent as a stream."""
         self._check_idle(step_id)
-        return self._s.send_event(step_id, events)
+        sent: list[str] | StreamedIds = self._s.send_event(step_id, events)
+        return sent
 
     async def sleep(self, step_id: str, duration: Any) -> None:
         self._check_idle(step_id)

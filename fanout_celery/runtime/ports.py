@@ -12,7 +12,7 @@ execution's ``Journal``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,6 +49,11 @@ class Effects(Protocol):
                        id_for: Callable[[int], str]) -> list[dict[str, Any]]:
         """Validate events a step sends (``id_for(i)``: the id of an event without one);
         nothing is written."""
+
+    def stream_events(self, events: Any, *, ctx: Any, id_for: Callable[[int], str],
+                      start: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """A stream of events a step sends, validated one chunk at a time from its event
+        ``start`` on: ``(events read so far, records)``; nothing is written."""
 
     def send_events(self, records: Sequence[dict[str, Any]], *,
                     parent: tuple[str, str]) -> None:

@@ -4,11 +4,11 @@ repeated (in a loop) gets an implicit counter: ``id``, ``id:1``, ``id:2``..."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, overload
 
 from ..errors import InvalidStepError
-from ..model.events import derived_id
+from ..model.events import Event, StreamedIds, derived_id, is_stream
 from ..model.retry import RetryPolicy
 from .core import StepCore
 from .parallel import ParallelSteps
@@ -64,19 +64,39 @@ class Step(WaitingSteps, ParallelSteps):
             core.in_step = False
         return core.completed(plan, value)
 
-    def send_event(self, step_id: str, events: Any) -> list[str]:
+    @overload
+    def send_event(  # type: ignore[overload-overlap]
+            self, step_id: str,
+            events: Event | dict[str, Any] | list[Any] | tuple[Any, ...]) -> list[str]: ...
+    @overload
+    def send_event(self, step_id: str, events: Iterable[Any]) -> StreamedIds: ...
+
+    def send_event(self, step_id: str, events: Any) -> list[str] | StreamedIds:
         """Send events once, linked to this run; returns their ids.
 
         Events without an id get one derived from the run and step, so a replay after a
         crash half-way through sending starts no second run.
+
+        An iterator or generator (a stream: rows of a database cursor, say) is sent in
+        chunks of 500 without holding it all: each chunk is validated, sent, and counted
+        in the step's record, so a resumed run skips the chunks sent and each event is
+        sent once (its id is derived from the run, the step and its index). The replay
+        must pass the same stream again. It returns a ``StreamedIds`` sequence (its
+        length, and each id derived on demand). A bad event stops a stream at its chunk,
+        after the chunks before it were sent (a list is all or nothing).
         """
         core = self._core
         x = core.state
         key, record = core.begin(step_id, "send_event")
         if record is not None and record["status"] == "completed":
             x.replayed(key)
-            return list(record.get("output") or [])
+            output = record.get("output")
+            if isinstance(output, dict):  # a stream: its count
+                return StreamedIds(x.run_id, key, int(output["streamed"]))
+            return list(output or [])
         x.replay_done()
+        if is_stream(events) or (record is not None and record["status"] == "sending"):
+            return self._send_stream(key, record, events)
         started = x.clock()
         run_id = x.run_id
         records = x.effects.prepare_events(events, ctx=x.ctx,
@@ -93,3 +113,35 @@ class Step(WaitingSteps, ParallelSteps):
         encoded = core.encode(key, stored)[0]
         x.checkpoint(key, encoded, stored)
         return ids
+
+    def _send_stream(self, key: str, record: dict[str, Any] | None,
+                     events: Any) -> StreamedIds:
+        """``send_event`` of a stream: each chunk is validated, sent, and counted in the
+        step's record ("sending", with the events sent so far), so a resumed attempt
+        skips what was sent; the ids are derived from the run, the step and the index,
+        so a chunk sent again after a crash before its count was recorded starts
+        nothing new."""
+        core = self._core
+        x = core.state
+        run_id = x.run_id
+        if not is_stream(events):
+            raise InvalidStepError(
+                f"step {key!r} was streaming events when the run stopped; a replay must "
+                "pass an iterator again (not a list) to go on from where it stopped")
+        sent = int(record.get("sent", 0)) if record is not None else 0
+        started = int(record["started_at"]) if record is not None else x.clock()
+        progress: dict[str, Any] = {"status": "sending", "kind": "send_event", "attempts": 1,
+                    "started_at": started, "seq": core.seq(record), "sent": sent}
+        for read, records in x.effects.stream_events(
+                events, ctx=x.ctx, id_for=lambda i: derived_id(run_id, key, str(i)),
+                start=sent):
+            x.effects.send_events(records, parent=(run_id, key))
+            progress["sent"] = read
+            encoded, stored = core.encode(key, progress)
+            x.checkpoint(key, encoded, stored)
+        done = {"status": "completed", "kind": "send_event", "attempts": 1,
+                "started_at": started, "ended_at": x.clock(), "seq": progress["seq"],
+                "output": {"streamed": progress["sent"]}}
+        encoded, stored = core.encode(key, done)
+        x.checkpoint(key, encoded, stored)
+        return StreamedIds(run_id, key, int(progress["sent"]))

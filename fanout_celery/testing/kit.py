@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
@@ -168,6 +168,10 @@ class Kit:
     def prepare_events(self, events: Any, *, ctx: Any,
                        id_for: Callable[[int], str]) -> list[dict[str, Any]]:
         return self.sender.prepare(events, ctx=ctx, id_for=id_for)
+
+    def stream_events(self, events: Any, *, ctx: Any, id_for: Callable[[int], str],
+                      start: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        return self.sender.stream(events, ctx=ctx, id_for=id_for, start=start)
 
     def send_events(self, records: Sequence[dict[str, Any]], *,
                     parent: tuple[str, str]) -> None:

@@ -156,7 +156,7 @@ class QueryOps(RedisBase):
                                                info.get("redis_version", ""))}
         try:
             if self.cluster:  # every master's: the worst is the one that matters
-                replies = self.client.config_get(  # type: ignore[call-arg]
+                replies = self.client.config_get(
                     "maxmemory-policy", target_nodes="primaries")
                 policies = [str(r.get("maxmemory-policy") or "") for r in
                             (replies.values() if self._per_node(replies) else [replies])]
