@@ -78,6 +78,20 @@ def dispatch_target(ctx: Context) -> None:
     """Never executed: figure 1 counts the messages its events put on the broker."""
 
 
+# -- figure 9: a streamed fan-out ------------------------------------------------------
+def stream_users(n: int) -> Any:
+    """n events, one at a time (as rows of a database cursor would come)."""
+    for i in range(n):
+        yield {"name": "bench/dispatch", "data": {"i": i, "user": f"user-{i}@example.com"}}
+
+
+@fanout.function("bench-stream", event="bench/stream", queue=IDLE_QUEUE, retries=0)
+def streamer(ctx: Context) -> int:
+    """Executed in the benchmark's sender process (figure 9): one send_event of a
+    generator of n events."""
+    return len(ctx.step.send_event("all", stream_users(int(ctx.event.data["n"]))))
+
+
 @app.task(name="bench.plain_dispatch")
 def plain_dispatch(i: int) -> None:
     """Never executed: the plain side of figure 1."""

@@ -28,13 +28,15 @@ class Sizes:
     users: int  # figure 5
     events: int  # figure 6: events without subscribers
     results: int  # figure 6: plain tasks storing a result
+    stream: tuple[int, ...] = ()  # figure 9: events of one streamed send_event, per size
 
 
 FULL = Sizes(dispatch=10_000, dispatch_big=100_000, runs=2_000, replay_steps=1_000,
              timers=1_000, sleep_seconds=2.0, isolated=20, waits=200, users=10_000, events=10_000,
-             results=2_000)
+             results=2_000, stream=(100_000, 1_000_000))
 QUICK = Sizes(dispatch=1_000, dispatch_big=0, runs=200, replay_steps=1_000, timers=100,
-              sleep_seconds=2.0, isolated=4, waits=20, users=500, events=2_000, results=300)
+              sleep_seconds=2.0, isolated=4, waits=20, users=500, events=2_000, results=300,
+              stream=(2_000, 20_000))
 
 
 @dataclass

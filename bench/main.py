@@ -20,7 +20,7 @@ from .harness import FULL, QUICK, Bench, Row
 from .probes import RedisInfo, machine
 from .workers import Worker
 
-FIGURES = ("1", "2", "3", "4", "5", "6", "7", "8")
+FIGURES = ("1", "2", "3", "4", "5", "6", "7", "8", "9")
 
 
 def _with_db(url: str, db: int) -> str:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         from .flow import fig_flow
         from .latency import fig_replay, fig_timers
         from .memory import fig_memory
-        from .throughput import fig_dispatch, fig_example, fig_steps
+        from .throughput import fig_dispatch, fig_example, fig_steps, fig_stream
 
         state, broker = RedisInfo(state_url), RedisInfo(broker_url)
         print(f"fanout_celery benchmarks ({'--quick' if args.quick else 'full size'})")
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                       repeat=max(1, args.repeat), big_plain=args.big_plain)
         figures: dict[str, Callable[[Bench], None]] = {
             "1": fig_dispatch, "2": fig_steps, "3": fig_replay, "4": fig_timers,
-            "5": fig_example, "6": fig_memory, "7": fig_flow, "8": fig_backlog}
+            "5": fig_example, "6": fig_memory, "7": fig_flow, "8": fig_backlog,
+            "9": fig_stream}
         failed = []
         for key in FIGURES:
             if key not in selected:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 from celery import group
 
@@ -242,3 +243,49 @@ def fig_example(b: Bench) -> None:
     b.row("5", "worker CPU per user", ms(fan["cpu"] / users * 1000),
           ms(plain["cpu"] / users * 1000), ratio(fan["cpu"], plain["cpu"]))
 
+
+
+# -- figure 9 ---------------------------------------------------------------------------
+def _stream_in_child(b: Bench, n: int) -> dict[str, Any]:
+    from .app import IDLE_QUEUE
+
+    b.r.delete(IDLE_QUEUE)
+    proc = subprocess.run([sys.executable, "-m", "bench.streamer", str(n)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the streaming sender failed:\n{proc.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    b.r.delete(IDLE_QUEUE)
+    b.reset_state()
+    if result["status"] != "completed" or result["queued"] != n or result["output"] != n:
+        raise RuntimeError(f"streamed {n}: {result}")
+    return result
+
+
+def fig_stream(b: Bench) -> None:
+    sizes = b.sizes.stream
+    b.header("9. A streamed fan-out: one step.send_event of a generator of "
+             f"{' and of '.join(count(n) for n in sizes)} events (the weekly-emails "
+             "load step over that many users), executed in a sender process of its own, "
+             "until every run is created and its message is on the broker (LLEN checked)")
+    results = [_stream_in_child(b, n) for n in sizes]
+    for res in results:
+        n = res["n"]
+        growth = res["peak_rss_kb"] - res["rss_before_kb"]
+        b.say(f"  {count(n):>9} events: {seconds(res['seconds'])} "
+              f"({us(res['seconds'] / n * 1e6)}/event); sender CPU "
+              f"{us(res['cpu'] / n * 1e6)}/event, state Redis CPU "
+              f"{us(res['state_cpu'] / n * 1e6)}/event; sender RSS {mib(res['rss_before_kb'])}"
+              f" before, peak +{mib(growth)}")
+        b.row("9", f"stream of {count(n)}: sender peak RSS growth", f"+{mib(growth)}", "",
+              "", "<= 200 MB", growth <= 200 * 1024)
+        b.row("9", f"stream of {count(n)}: time, per event", f"{seconds(res['seconds'])}, "
+              f"{us(res['seconds'] / n * 1e6)}", "")
+    if len(results) > 1:
+        small, big = results[0], results[-1]
+        wall = (big["seconds"] / big["n"]) / (small["seconds"] / small["n"])
+        b.say(f"  linearity, per event at {count(big['n'])} / at {count(small['n'])}: "
+              f"{wall:.2f}x")
+        b.row("9", "per event, largest / smallest stream", f"{wall:.2f}x", "", "",
+              "~1x (linear)", wall < 1.3)

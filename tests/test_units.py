@@ -412,3 +412,26 @@ def test_a_sentinel_url_and_options_become_the_sentinels_and_the_masters_login()
     assert target.service_name == "main"
     assert target.connection == {"password": "s3cret", "db": 3, "socket_timeout": 2}
     assert sentinel_target("redis://h:6379/0", {}) is None
+
+
+class _NextDue:
+    def __init__(self, due: int | None) -> None:
+        self.due = due
+
+    def next_due(self) -> int | None:
+        return self.due
+
+
+@pytest.mark.parametrize(("due_in_ms", "expected"), [
+    (None, 5.0),  # no timer: a whole interval
+    (300, 0.3),  # a timer due before the interval ends: until then
+    (60_000, 5.0),  # far off: the interval bounds it (timers set elsewhere meanwhile)
+    (-2_000, 0.001),  # overdue: at once
+])
+def test_the_pump_waits_until_the_earliest_timer_at_most_an_interval(due_in_ms, expected):
+    from fanout_celery.engine.pump import Pump
+    from fanout_celery.model.events import now_ms
+
+    due = None if due_in_ms is None else now_ms() + due_in_ms
+    pump = Pump(_NextDue(due), None, None, None, None)  # type: ignore[arg-type]
+    assert pump.pause(5.0) == pytest.approx(expected, abs=0.05)

@@ -220,6 +220,29 @@ def test_sleep_until_a_future_time_wakes_at_that_time(app, fanout, worker):
     assert done.output >= until
 
 
+def test_a_sleep_wakes_when_due_not_at_the_next_pump_interval(app, fanout, worker):
+    # With a 4 s pump interval, a pump polling at its interval would wake a 1 s sleep
+    # anywhere up to 4 s late; the pump sleeps until the earliest timer instead.
+    app.conf.fanout_pump_interval = 4.0
+    fanout.reload_settings()
+
+    @fanout.function("punctual", event="app/punctual", retries=0)
+    def punctual(ctx):
+        ctx.step.sleep("nap", 1.0)
+        return ctx.step.run("after", lambda: time.time())
+
+    with worker(app):
+        # The first round runs at start; let the pump settle into its wait.
+        lateness = []
+        for _ in range(3):
+            [event_id] = fanout.send(Event(name="app/punctual"))
+            done = fanout.wait_for_run(run_id_of("punctual", event_id), timeout=15)
+            wake_at = done.steps[0].detail["wake_at"] / 1000
+            lateness.append(done.output - wake_at)
+    assert done.status == "completed"
+    assert max(lateness) < 1.0, lateness
+
+
 BAD_WAITS = [
     ("sleep", "soon"), ("sleep", -1), ("sleep", "2x"), ("sleep", "400d"),
     ("sleep", 400 * 86400), ("sleep", ""), ("sleep_until", "2030-01-01T00:00:00Z"),

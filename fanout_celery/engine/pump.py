@@ -45,6 +45,15 @@ class Pump:
             logger.info("pump: %d run(s) lost their worker; resuming them", len(expired))
         return self.dispatcher.enqueue(list(dict.fromkeys([*woken, *run_ids, *expired])))
 
+    def pause(self, interval: float) -> float:
+        """Seconds to wait before the next round: until the earliest timer is due, at most
+        ``interval`` (which bounds how late a timer set by another process meanwhile, a
+        lost message or an expired lease is found)."""
+        due = self.store.next_due()
+        if due is None:
+            return interval
+        return min(interval, max(0.001, (due - now_ms()) / 1000))
+
     def housekeeping(self) -> None:
         """Publish this process's subscriptions again (a Redis that lost its data
         relearns them) and forget history entries older than the retention."""

@@ -32,6 +32,7 @@ class PumpThread:
         self.host = host
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._announcements: Any = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="fanout-pump", daemon=True)
@@ -41,6 +42,7 @@ class PumpThread:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._close_announcements()
 
     def _loop(self) -> None:
         interval = self.host.settings.pump_interval
@@ -64,7 +66,37 @@ class PumpThread:
                 self._stop.wait(delay)
                 continue
             if not sent:
-                self._stop.wait(interval)
+                self._wait(pump, interval)
+
+    def _wait(self, pump: Any, interval: float) -> None:
+        """Until the earliest timer is due (at most ``interval``), or sooner if another
+        process announces a timer due before then, or until ``stop``."""
+        try:
+            deadline = time.monotonic() + pump.pause(interval)
+            if self._announcements is None:
+                self._announcements = self.host.engine.store.timer_announcements()
+        except Exception:  # Redis away: the next round says so
+            self._stop.wait(interval)
+            return
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                # Bounded, so that stop() is seen within half a second.
+                announced = self._announcements.wait(min(remaining, 0.5))
+            except Exception:  # its connection broke: a new one next time
+                self._close_announcements()
+                self._stop.wait(max(0.0, deadline - time.monotonic()))
+                return
+            if announced is not None:
+                deadline = min(deadline, time.monotonic() + max(
+                    0.0, (announced - time.time() * 1000) / 1000))
+
+    def _close_announcements(self) -> None:
+        if self._announcements is not None:
+            self._announcements.close()
+            self._announcements = None
 
 
 # Celery's own ``--without-gossip`` style: ``celery worker --without-fanout-pump``.

@@ -42,8 +42,17 @@ class Journal:
              fields: dict[str, str] | None = None) -> str | None:
         """Park the run until ``wake_at``; with ``expect``, only if that step is still in
         that status (else return its record)."""
-        return self.store.park(self.run_id, self.token, status, wake_at=wake_at, step=step,
-                               expect=expect, fields=fields)
+        parked = self.store.park(self.run_id, self.token, status, wake_at=wake_at,
+                                 step=step, expect=expect, fields=fields)
+        if parked is None and wake_at is not None \
+                and wake_at - self.clock() < self.settings.pump_interval * 1000:
+            # Due before a pump that planned its wait already would look again: tell the
+            # pumps (best effort; without it the timer waits at most one interval).
+            try:
+                self.store.announce_timer(wake_at)
+            except Exception:
+                pass
+        return parked
 
     def register_waiter(self, ref: WaiterRef, *, path: str | None, waiter: str, since: int,
                         timeout_at: int, any_limit: int) -> list[str]:

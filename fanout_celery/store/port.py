@@ -69,6 +69,16 @@ class Started:
     steps: dict[str, str]
 
 
+class TimerAnnouncements(Protocol):
+    """What a pump waits on between rounds."""
+
+    def wait(self, timeout: float) -> int | None:
+        """The earliest wake time announced within ``timeout`` seconds (returns at the
+        first announcement), or None."""
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class NotStarted:
     """``start`` did not take the lease. ``done``: the run is final; ``busy``: another
@@ -268,7 +278,19 @@ class Store(Protocol):
     # -- the pump ---------------------------------------------------------------------
     def claim_due(self, now: int, deadline: int, limit: int) -> list[str]:
         """Claim due timers and stale dispatches (moved to ``deadline``, so a pump that
-        dies before publishing is covered); returns the run ids to publish now."""
+        dies before publishing is covered); returns the run ids to publish now, earliest
+        due first."""
+
+    def announce_timer(self, wake_at: int) -> None:
+        """Tell the pumps waiting for their next round that a timer is due at
+        ``wake_at`` (ms): one set by this process, due before their next look."""
+
+    def timer_announcements(self) -> TimerAnnouncements:
+        """A listener for ``announce_timer`` (one per pump thread)."""
+
+    def next_due(self) -> int | None:
+        """When the earliest timer is due (ms), or None without timers: the pump sleeps
+        until then rather than a whole interval."""
 
     def expire_leases(self, now: int, deadline: int, limit: int) -> list[str]:
         """Drop leases that expired at ``now`` (their worker died) and queue their runs

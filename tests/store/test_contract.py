@@ -322,6 +322,27 @@ def test_an_expired_lease_queues_the_run_again(store: Store) -> None:
     assert store.claim_due(t + 1000, t + 2000, 10) == [run.run_id]
 
 
+def test_due_timers_are_claimed_earliest_first_and_the_next_one_is_known(
+        store: Store) -> None:
+    # Runs in many shards (on a cluster), parked with wake times in the reverse order
+    # of their creation.
+    runs = create(store, *(event(i) for i in range(12)))
+    t = now()
+    assert store.next_due() is None
+    for i, run in enumerate(runs):
+        started(store, run.run_id)
+        store.park(run.run_id, "t1", "sleeping", wake_at=t - 1000 - 10 * i,
+                   step=("nap", '{"status": "sleeping"}'))
+    [late] = create(store, event("late"))
+    started(store, late.run_id)
+    store.park(late.run_id, "t1", "sleeping", wake_at=t + 60_000,
+               step=("nap", '{"status": "sleeping"}'))
+    assert store.next_due() == t - 1000 - 110
+    claimed = store.claim_due(t, t + 300_000, 100)
+    assert claimed == [r.run_id for r in reversed(runs)]
+    assert store.next_due() == t + 60_000
+
+
 def test_renew_extends_only_leases_still_held(store: Store) -> None:
     [a, b] = create(store, event(1), event(2))
     started(store, a.run_id)

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ...errors import LeaseLostError
 from ...model.records import Route, route_of_meta
@@ -33,6 +34,8 @@ class MemoryBase:
         self._lock = threading.RLock()
         # Notified whenever a run becomes final (wait_finished waits on it).
         self._finished = threading.Condition(self._lock)
+        self._announced = threading.Condition(self._lock)
+        self._listeners: list[Any] = []
         self.runs: dict[str, dict[str, str]] = {}   # changing fields
         self.meta: dict[str, dict[str, str]] = {}   # static fields
         self.steps: dict[str, dict[str, str]] = {}

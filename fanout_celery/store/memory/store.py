@@ -28,6 +28,29 @@ from .flow import MemoryFlow
 from .queries import MemoryQueries
 
 
+class MemoryAnnouncements:
+    """``TimerAnnouncements`` of the in-memory store."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.announced: list[int] = []
+        with store._lock:
+            store._listeners.append(self)
+
+    def wait(self, timeout: float) -> int | None:
+        with self.store._lock:
+            if not self.announced:
+                self.store._announced.wait(timeout)
+            earliest = min(self.announced) if self.announced else None
+            self.announced.clear()
+            return earliest
+
+    def close(self) -> None:
+        with self.store._lock:
+            if self in self.store._listeners:
+                self.store._listeners.remove(self)
+
+
 class MemoryStore(MemoryQueries, MemoryFlow):
     """Run state in this process; see the module docstring."""
 
@@ -354,8 +377,25 @@ class MemoryStore(MemoryQueries, MemoryFlow):
 
     def claim_due(self, now: int, deadline: int, limit: int) -> list[str]:
         with self._lock:
-            return list(dict.fromkeys([*self._claim("timers", now, deadline, limit),
-                                       *self._claim("dispatch", now, deadline, limit)]))
+            due = sorted([(self._z(index)[m], m) for index in ("timers", "dispatch")
+                          for m in self._z(index) if self._z(index)[m] <= now])
+            claimed = {*self._claim("timers", now, deadline, limit),
+                       *self._claim("dispatch", now, deadline, limit)}
+            return list(dict.fromkeys(m for _, m in due if m in claimed))
+
+    def announce_timer(self, wake_at: int) -> None:
+        with self._lock:
+            for listener in list(self._listeners):
+                listener.announced.append(int(wake_at))
+            self._announced.notify_all()
+
+    def timer_announcements(self) -> MemoryAnnouncements:
+        return MemoryAnnouncements(self)
+
+    def next_due(self) -> int | None:
+        with self._lock:
+            timers = self._z("timers")
+            return int(min(timers.values())) if timers else None
 
     def expire_leases(self, now: int, deadline: int, limit: int) -> list[str]:
         with self._lock:

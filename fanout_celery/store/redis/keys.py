@@ -193,6 +193,11 @@ class Keys:
         """Hash: function id -> the time (ms) up to which its cron slots were examined."""
         return f"{self.prefix}:cron"
 
+    @property
+    def pump_channel(self) -> str:
+        """Pub/sub channel: wake times of timers set due before a pump's next look."""
+        return f"{self.prefix}:pump:timers"
+
     # -- by event name (one tag per name on a cluster)
     def _named(self, event_name: str, kind: str, rest: str = "") -> str:
         if self.shards:

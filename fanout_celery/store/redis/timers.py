@@ -3,15 +3,49 @@ the pump (every shard of them, on a Redis Cluster)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 from ..port import Dispatch
 from .base import RedisBase, route_of
 from .lua import execute
 
 
+class Announcements:
+    """A pump's subscription to the announced timers (``TimerAnnouncements``)."""
+
+    def __init__(self, client: Any, channel: str) -> None:
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(channel)
+
+    def wait(self, timeout: float) -> int | None:
+        earliest: int | None = None
+        message = self._pubsub.get_message(timeout=max(0.0, timeout))
+        while message is not None:
+            if message.get("type") == "message":
+                try:
+                    due = int(message["data"])
+                except (TypeError, ValueError):  # not ours: ignored
+                    due = None
+                if due is not None and (earliest is None or due < earliest):
+                    earliest = due
+            message = self._pubsub.get_message(timeout=0)
+        return earliest
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._pubsub.close()
+
+
 class TimerOps(RedisBase):
     """The pump's verbs of ``RedisStore``."""
+
+    def announce_timer(self, wake_at: int) -> None:
+        self.client.publish(self.keys.pump_channel, str(int(wake_at)))
+
+    def timer_announcements(self) -> Announcements:
+        return Announcements(self.client, self.keys.pump_channel)
 
     def add_deadlines(self, entries: Sequence[tuple[str, int]]) -> None:
         if not entries:
@@ -51,7 +85,22 @@ class TimerOps(RedisBase):
         for key in zsets:
             self.scripts.claim.queue(pipe, [key], [now, deadline, limit])
         found = execute(pipe, self.scripts, self.client)
-        return list(dict.fromkeys(rid for ids in found for rid in ids))
+        # Earliest due first across every index and shard: 1,000 sleepers due at once
+        # are published in the order they were due.
+        due = sorted((int(float(pairs[i + 1])), pairs[i]) for pairs in found
+                     for i in range(0, len(pairs), 2))
+        return list(dict.fromkeys(rid for _, rid in due))
+
+    def next_due(self) -> int | None:
+        k = self.keys
+        pipe = self.pipeline()
+        zsets = [k.timers(shard) for shard in k.all_shards]
+        if k.sharded:
+            zsets.append(k.woken)
+        for key in zsets:
+            pipe.zrange(key, 0, 0, withscores=True)
+        scores = [int(first[0][1]) for first in pipe.execute() if first]
+        return min(scores) if scores else None
 
     def expire_leases(self, now: int, deadline: int, limit: int) -> list[str]:
         k = self.keys
