@@ -9,6 +9,7 @@ in-process Celery worker against a real redis-server.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -171,8 +172,13 @@ def test_a_child_started_by_send_event_is_in_the_parents_trace(app, fanout, work
 
 
 def test_an_invoked_child_is_in_the_parents_trace(app, fanout, worker, exporter):
+    parent_parked = threading.Event()
+
     @fanout.function(id="callee")
     def callee(ctx):
+        # The child ends only once its parent parked at the invoke (a child that ended
+        # first would let the parent go on in the same attempt: one span, not two).
+        assert parent_parked.wait(15), "the parent never parked"
         return ctx.step.run("compute", lambda: 42)
 
     @fanout.function(id="caller", event="app/caller")
@@ -181,7 +187,10 @@ def test_an_invoked_child_is_in_the_parents_trace(app, fanout, worker, exporter)
 
     with worker(app):
         [event_id] = fanout.send(Event(name="app/caller"))
-        done = fanout.wait_for_run(only_run(fanout, event_id).id)
+        caller_id = only_run(fanout, event_id).id
+        support.wait_until(lambda: fanout.get_run(caller_id).status == "waiting")
+        parent_parked.set()
+        done = fanout.wait_for_run(caller_id)
         # The parent parks at the invoke and resumes: two attempts.
         parked, resumed = spans(exporter, "fanout.run caller", 2)
         [callee_span] = spans(exporter, "fanout.run callee", 1)
