@@ -173,7 +173,7 @@ class Fanout:
                  timeouts: Timeouts | None = None, concurrency: Any = None,
                  throttle: Any = None, rate_limit: Any = None, debounce: Any = None,
                  batch_events: Any = None, priority: Any = None, singleton: Any = None,
-                 idempotency: str | None = None,
+                 idempotency: str | None = None, checkpoints: str = "durable",
                  **task_options: Any) -> Callable[[Callable[..., Any]], Function]:
         """Declare a durable function triggered by ``event`` and/or ``cron``.
 
@@ -192,7 +192,7 @@ class Fanout:
             on_failure=on_failure, name=name, queue=queue, cron_missed=cron_missed,
             cron_missed_limit=cron_missed_limit,
             cancel_on=cancel_on, timeouts=timeouts, task_options=task_options,
-            flow={"concurrency": concurrency, "throttle": throttle, "rate_limit": rate_limit,
+            checkpoints=checkpoints, flow={"concurrency": concurrency, "throttle": throttle, "rate_limit": rate_limit,
                   "debounce": debounce, "batch_events": batch_events, "priority": priority,
                   "singleton": singleton, "idempotency": idempotency})
         if definition.function_id in self.functions:

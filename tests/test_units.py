@@ -109,7 +109,7 @@ def test_prepare_batch_names_the_bad_event_and_says_nothing_was_sent():
 
 @pytest.mark.parametrize("events", [None, 3, "app/x", {"app/x"}])
 def test_prepare_batch_rejects_what_is_not_an_event_or_a_list(events):
-    with pytest.raises(InvalidEventError, match="expected an Event, a dict or a list"):
+    with pytest.raises(InvalidEventError, match="expected an Event, a dict, a list of them or an iterator"):
         prepare_batch(events, max_bytes=LIMIT)
 
 

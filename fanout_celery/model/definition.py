@@ -140,6 +140,10 @@ class FunctionDef:
     flow: FlowControl = field(default_factory=FlowControl)
     # Celery's message priority of every task message of its runs (None: the broker's).
     priority: int | None = None
+    # "durable": each step.run checkpoint is written before the next step starts;
+    # "buffered": written together, before any effect outside the run and at least every
+    # fanout_checkpoint_buffer_steps steps / _ms milliseconds.
+    checkpoints: str = "durable"
 
     def bind(self, handler: Callable[..., Any]) -> FunctionDef:
         """This definition with its handler (checked to take one argument, ``ctx``)."""
@@ -165,10 +169,13 @@ class FunctionDef:
                             priority=self.priority)
 
 
+CHECKPOINT_MODES = ("durable", "buffered")
+
+
 def declare(function_id: Any, *, events: Sequence[str], cron: Any, retries: Any,
             on_failure: Any, name: Any, queue: Any, cron_missed: Any, cron_missed_limit: Any,
             cancel_on: Any, timeouts: Any, flow: dict[str, Any],
-            task_options: dict[str, Any]) -> FunctionDef:
+            task_options: dict[str, Any], checkpoints: Any = "durable") -> FunctionDef:
     """Validate the arguments of ``@fanout.function`` (all but the handler);
     ``ConfigurationError`` names the first that is wrong."""
     fid = check_function_id(function_id)
@@ -199,12 +206,17 @@ def declare(function_id: Any, *, events: Sequence[str], cron: Any, retries: Any,
         raise ConfigurationError(f"function {fid!r}: name must be a non-empty string")
     if on_failure is not None:
         check_handler(on_failure, f"{fid}-failure")
+    if checkpoints not in CHECKPOINT_MODES:
+        raise ConfigurationError(
+            f"function {fid!r}: checkpoints must be one of {', '.join(CHECKPOINT_MODES)}, "
+            f"not {checkpoints!r}")
     return FunctionDef(
         function_id=fid, events=triggers, crons=crons, retry_policy=policy,
         task_name=name or f"fanout.{fid}", queue=queue or "",
         on_failure=f"{fid}-failure" if on_failure is not None else None,
         missed=missed, missed_limit=missed_limit, cancel_on=cancel_list,
-        timeouts=timeouts, flow=flow_control, priority=message_priority)
+        timeouts=timeouts, flow=flow_control, priority=message_priority,
+        checkpoints=checkpoints)
 
 
 def check_function_id(value: Any) -> str:

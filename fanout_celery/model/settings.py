@@ -155,6 +155,10 @@ SPEC: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     # turn it off on some workers (or start them with --without-fanout-pump); at least
     # one worker must run it, or sleeps, retries and lost messages never come back.
     "pump": (True, _flag),
+    # A function with checkpoints="buffered" writes its buffered step.run checkpoints at
+    # the latest after this many steps, or once the oldest is this old when a step starts.
+    "checkpoint_buffer_steps": (50, _positive_int),
+    "checkpoint_buffer_ms": (1000, _positive_int),
 }
 
 
@@ -192,6 +196,8 @@ class Settings:
     cron_interval: float = 1.0
     broker_transport: bool = True
     pump: bool = True
+    checkpoint_buffer_steps: int = 50
+    checkpoint_buffer_ms: int = 1000
     # Not a fanout_ setting: the Celery app's own (timezone, enable_utc), the zone of
     # cron expressions without a TZ= prefix.
     timezone: str = "UTC"

@@ -52,11 +52,11 @@ class AsyncStep:
 
     async def run(self, step_id: str, fn: Callable[..., Any], *args: Any,
                   retries: int | RetryPolicy | None = None, output_type: Any = None,
-                  **kwargs: Any) -> Any:
+                  buffered: bool | None = None, **kwargs: Any) -> Any:
         """Like ``Step.run``; ``fn`` may be a coroutine function."""
         self._check_idle(step_id)
         core = self._core
-        plan = core.plan_run(step_id, fn, retries, output_type)
+        plan = core.plan_run(step_id, fn, retries, output_type, buffered)
         if plan.memoized:
             return plan.output
         core.in_step = True

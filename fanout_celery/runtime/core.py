@@ -58,6 +58,7 @@ class RunPlan:
     output: Any = None
     started: int = 0
     model: Any = None
+    buffered: bool = False  # its checkpoint may wait for the next durable write
 
     @property
     def call(self) -> StepCall:
@@ -121,9 +122,13 @@ class StepCore:
         return record
 
     def begin(self, step_id: Any, kind: str) -> tuple[str, dict[str, Any] | None]:
-        """Enter a step: its key and its recorded record (None the first time)."""
+        """Enter a step: its key and its recorded record (None the first time). Every
+        kind but ``step.run`` may have effects outside the run (events, child runs, a
+        park): buffered checkpoints are written first."""
         key = self.key(step_id)
-        return key, self.recorded(key, (kind,))
+        record = self.recorded(key, (kind,))
+        self.state.flush()
+        return key, record
 
     def seq(self, record: dict[str, Any] | None) -> int:
         return int(record["seq"]) if record else self.state.next_seq()
@@ -148,9 +153,12 @@ class StepCore:
 
     # -- step.run ---------------------------------------------------------------------
     def plan_run(self, step_id: str, fn: Any, retries: int | RetryPolicy | None,
-                 output_type: Any = None) -> RunPlan:
+                 output_type: Any = None, buffered: bool | None = None) -> RunPlan:
         """Everything ``step.run`` decides before calling its body."""
         key = self.key(step_id)
+        if buffered is not None and not isinstance(buffered, bool):
+            raise InvalidStepError(f"step {key!r}: buffered must be True, False or None, "
+                                   f"not {buffered!r}")
         if not callable(fn):
             raise InvalidStepError(f"step {key!r}: expected a callable, got {fn!r}")
         model = output_model(fn, output_type)
@@ -176,10 +184,11 @@ class StepCore:
                 raise Suspend("queued", int(record["retry_at"]))
         x.replay_done()
         self.attempt = attempt
+        x.flush_if_due()  # buffered checkpoints older than fanout_checkpoint_buffer_ms
         if x.mw:
             x.mw.before_step(x.ctx, key)
         return RunPlan(key, step_id, record, attempt, policy, started=self.state.clock(),
-                       model=model)
+                       model=model, buffered=x.buffering if buffered is None else buffered)
 
     def completed(self, plan: RunPlan, value: Any) -> Any:
         """Record a body's output; returns what the handler gets (its JSON round trip,
@@ -197,7 +206,7 @@ class StepCore:
             # Only the stored copy is transformed (e.g. encrypted); the handler gets output.
             encoded, stored = self.encode(plan.key, {
                 **stored, "output": x.mw.transform_output(x.ctx, plan.key, output)})
-        x.checkpoint(plan.key, encoded, stored)
+        x.checkpoint(plan.key, encoded, stored, buffer=plan.buffered)
         return output if plan.model is None else plan.model.model_validate(output)
 
     def failed(self, plan: RunPlan, exc: Exception) -> NoReturn:

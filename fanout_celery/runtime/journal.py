@@ -31,6 +31,11 @@ class Journal:
         """Write a step record (and extend the lease)."""
         self.store.checkpoint(self.run_id, self.token, key, record, lease_exp=self._lease_exp())
 
+    def checkpoint_many(self, records: list[tuple[str, str]]) -> None:
+        """Write step records in order, in one round trip (and extend the lease)."""
+        self.store.checkpoint_many(self.run_id, self.token, records,
+                                   lease_exp=self._lease_exp())
+
     def settle(self, key: str, expect: str, record: str,
                waiter: WaiterRef | None = None) -> str | None:
         """Write ``record`` if the step is still ``expect``; else return the one that won."""

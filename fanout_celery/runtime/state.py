@@ -53,6 +53,12 @@ class AttemptState:
         self._seq = max((int(r.get("seq", 0)) for r in self.memo.values()), default=-1) + 1
         # Memoized steps not yet reached in this replay: ctx.logger is silent until then.
         self._pending_replay = sum(1 for r in self.memo.values() if r["status"] != "retrying")
+        # Buffered checkpoints (checkpoints="buffered"): written in one round trip at the
+        # next durable write, every checkpoint_buffer_steps, or before a step starts once
+        # the oldest is checkpoint_buffer_ms old.
+        self.buffering = function.checkpoints == "buffered"
+        self._pending: list[tuple[str, str]] = []
+        self._pending_since = 0
 
     @property
     def settings(self) -> Settings:
@@ -78,14 +84,42 @@ class AttemptState:
         self.memo.update({k: json.loads(v) for k, v in self.journal.load_steps().items()})
 
     # -- writes -----------------------------------------------------------------------
-    def checkpoint(self, key: str, encoded: str, record: dict[str, Any]) -> None:
+    def checkpoint(self, key: str, encoded: str, record: dict[str, Any], *,
+                   buffer: bool = False) -> None:
+        """Record a step: now (with any buffered before it, in one write), or, with
+        ``buffer``, at the next durable write."""
+        if buffer:
+            if not self._pending:
+                self._pending_since = self.clock()
+            self._pending.append((key, encoded))
+            self.memo[key] = record
+            if len(self._pending) >= self.settings.checkpoint_buffer_steps:
+                self.flush()
+            return
+        if self._pending:
+            self._pending.append((key, encoded))
+            self.memo[key] = record
+            self.flush()
+            return
         self.journal.checkpoint(key, encoded)
         self.memo[key] = record
+
+    def flush(self) -> None:
+        """Write the buffered checkpoints, in order, in one round trip."""
+        if self._pending:
+            records, self._pending = self._pending, []
+            self.journal.checkpoint_many(records)
+
+    def flush_if_due(self) -> None:
+        if self._pending and \
+                self.clock() - self._pending_since >= self.settings.checkpoint_buffer_ms:
+            self.flush()
 
     def settle(self, key: str, expect: str, encoded: str, record: dict[str, Any],
                waits: WaiterRef | None = None) -> dict[str, Any]:
         """Checkpoint ``record`` only if the step is still ``expect`` (a timeout racing an
         event or a child run); returns the record that won."""
+        self.flush()
         current = self.journal.settle(key, expect, encoded, waits)
         if current is not None and current:
             record = json.loads(current)
@@ -97,6 +131,7 @@ class AttemptState:
              **fields: str) -> dict[str, Any] | None:
         """Park the run until ``wake_at``. With ``expect=(key, status)``, park only if that
         step is still in that status; otherwise return its new record (resolved)."""
+        self.flush()
         current = self.journal.park(status, wake_at, (step[0], step[1]) if step else None,
                                     expect, {**fields, **(extra or {})})
         if current is None:
@@ -116,4 +151,5 @@ class AttemptState:
         return {"retried_attempts": ",".join(ids)}
 
     def finish(self, status: str, **fields: str) -> None:
+        self.flush()
         self.journal.finish(status, fields)

@@ -34,7 +34,7 @@ class Step(WaitingSteps, ParallelSteps):
 
     def run(self, step_id: str, fn: Callable[..., Any], *args: Any,
             retries: int | RetryPolicy | None = None, output_type: Any = None,
-            **kwargs: Any) -> Any:
+            buffered: bool | None = None, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` once and memoize its JSON output.
 
         On replay the recorded output is returned without calling ``fn``. A failure is
@@ -42,9 +42,13 @@ class Step(WaitingSteps, ParallelSteps):
         the last retry ``StepError`` is raised here on every replay. A pydantic model
         output (``output_type=``, or ``fn``'s return annotation) is stored as JSON and
         returned as the model, first time and on replay.
+
+        ``buffered`` overrides the function's ``checkpoints`` for this step: True lets
+        its checkpoint wait for the next durable write (a crash before it runs the body
+        again), False writes it (and any buffered before it) now.
         """
         core = self._core
-        plan = core.plan_run(step_id, fn, retries, output_type)
+        plan = core.plan_run(step_id, fn, retries, output_type, buffered)
         if plan.memoized:
             return plan.output
         core.in_step = True

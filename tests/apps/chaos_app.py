@@ -48,6 +48,8 @@ app, fanout, r = worker_app(
     fanout_redispatch_seconds=10,
 )
 RETRIES = RetryPolicy(max_retries=8, backoff=0.05, backoff_max=1.0, jitter=0)
+# FANOUT_TEST_CHECKPOINTS=buffered: the suite runs with buffered checkpoints.
+CHECKPOINTS = os.environ.get("FANOUT_TEST_CHECKPOINTS", "").strip() or "durable"
 
 
 def exec_key(run_id: str, step: str) -> str:
@@ -62,7 +64,7 @@ def body(run_id: str, step: str) -> str:
     return token
 
 
-@fanout.function("chaos-parent", event=PARENT_EVENT, retries=RETRIES)
+@fanout.function("chaos-parent", event=PARENT_EVENT, retries=RETRIES, checkpoints=CHECKPOINTS)
 def parent(ctx: Any) -> dict[str, Any]:
     out: dict[str, Any] = {s: ctx.step.run(s, body, ctx.run_id, s) for s in PARENT_STEPS[:2]}
     out["children"] = ctx.step.send_event(FAN_OUT_STEP, [
@@ -71,7 +73,7 @@ def parent(ctx: Any) -> dict[str, Any]:
     return out
 
 
-@fanout.function("chaos-child", event=CHILD_EVENT, retries=RETRIES)
+@fanout.function("chaos-child", event=CHILD_EVENT, retries=RETRIES, checkpoints=CHECKPOINTS)
 def child(ctx: Any) -> dict[str, Any]:
     return {s: ctx.step.run(s, body, ctx.run_id, s) for s in CHILD_STEPS}
 

@@ -141,6 +141,16 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
             [run_id, token, lease_exp, key, record])
         fenced(code, run_id, f"before step {key!r}")
 
+    def checkpoint_many(self, run_id: str, token: str, records: Sequence[tuple[str, str]],
+                        *, lease_exp: int) -> None:
+        if not records:
+            return
+        k = self.keys
+        code = self.scripts.checkpoint(
+            self.client, [k.run(run_id), k.steps(run_id), k.leases(k.shard_of(run_id))],
+            [run_id, token, lease_exp, *(part for pair in records for part in pair)])
+        fenced(code, run_id, f"before step {records[0][0]!r}")
+
     def park(self, run_id: str, token: str, status: str, *, wake_at: int | None,
              step: tuple[str, str] | None = None, expect: tuple[str, str] | None = None,
              fields: dict[str, str] | None = None) -> str | None:
