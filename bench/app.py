@@ -107,6 +107,9 @@ def ten_steps(ctx: Context) -> int:
 
 
 steps_fn = fanout.function("bench-steps", event="bench/steps")(ten_steps)
+# The same with buffered checkpoints (one write for the ten steps and the run's end).
+buffered_fn = fanout.function("bench-steps-buffered", event="bench/steps-buffered",
+                              checkpoints="buffered")(ten_steps)
 # The same function on the idle queue: executed in the benchmark process, to count its
 # Redis round trips exactly.
 inproc_fn = fanout.function("bench-inproc", event="bench/inproc", queue=IDLE_QUEUE)(ten_steps)

@@ -1,6 +1,7 @@
 """Buffered checkpoints (``checkpoints="buffered"``) on a real Redis and a real worker:
 consecutive ``step.run`` checkpoints are written together, in order, before any effect
-outside the run, every ``fanout_checkpoint_buffer_steps`` steps, and when the run ends.
+outside the run, every ``fanout_checkpoint_buffer_steps`` steps, and with the run's end
+(one round trip).
 The chaos suite runs in this mode too (``tests/chaos/test_worker_kills.py``)."""
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.integration
 def writes(fanout: Fanout, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[Any]]:
     """``writes()`` starts logging every step-record write of the store, in order:
     ("one", key) for a checkpoint, ("many", [keys]) for a buffered batch, ("send", n) for
-    events a step sent, ("end", status); call it after any ``reload_settings``."""
+    events a step sent, ("end", status, [keys written with it]); call it after any
+    ``reload_settings``."""
 
     def start() -> list[Any]:
         log: list[Any] = []
@@ -38,7 +40,7 @@ def writes(fanout: Fanout, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list
             checkpoint_many(run_id, token, records, **kw)
 
         def ended(run_id: str, token: str, status: str, *args: Any, **kw: Any) -> Any:
-            log.append(("end", status))
+            log.append(("end", status, [k for k, _ in kw.get("steps", ())]))
             return finish(run_id, token, status, *args, **kw)
 
         def sent(records: Any, *args: Any, **kw: Any) -> Any:
@@ -55,7 +57,7 @@ def writes(fanout: Fanout, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list
     return start
 
 
-def test_ten_buffered_steps_are_written_once_when_the_run_ends(
+def test_ten_buffered_steps_are_written_with_the_runs_end(
         app: Any, fanout: Fanout, worker: Any, writes: Callable[[], list[Any]]) -> None:
     log = writes()
 
@@ -68,7 +70,7 @@ def test_ten_buffered_steps_are_written_once_when_the_run_ends(
         run = fanout.wait_for_run(derived_id("ten", event_id), 20)
     assert run.status == "completed" and run.output == 45
     assert [s.id for s in run.steps] == [f"s{i}" for i in range(10)]
-    assert log == [("many", [f"s{i}" for i in range(10)]), ("end", "completed")]
+    assert log == [("end", "completed", [f"s{i}" for i in range(10)])]
 
 
 def test_buffered_steps_are_written_before_an_effect_outside_the_run(
@@ -88,7 +90,7 @@ def test_buffered_steps_are_written_before_an_effect_outside_the_run(
         run = fanout.wait_for_run(derived_id("mixed", event_id), 20)
     assert run.status == "completed"
     assert log == [("many", ["a", "b"]), ("send", 1), ("one", "tell"), ("one", "c"),
-                      ("many", ["d"]), ("end", "completed")]
+                      ("end", "completed", ["d"])]
 
 
 def test_the_buffer_is_written_every_n_steps(app: Any, fanout: Fanout, worker: Any,
@@ -106,7 +108,7 @@ def test_the_buffer_is_written_every_n_steps(app: Any, fanout: Fanout, worker: A
         [event_id] = fanout.send(Event(name="app/long"))
         assert fanout.wait_for_run(derived_id("long", event_id), 20).status == "completed"
     assert log == [("many", ["s0", "s1", "s2", "s3"]), ("many", ["s4", "s5", "s6", "s7"]),
-                      ("many", ["s8", "s9"]), ("end", "completed")]
+                      ("end", "completed", ["s8", "s9"])]
 
 
 def test_a_failing_handler_keeps_the_buffered_steps_it_passed(
@@ -149,5 +151,5 @@ def test_durable_functions_write_each_step_and_options_are_checked(
         assert fanout.wait_for_run(derived_id("plain", event_id), 20).status == "completed"
         [bad_id] = fanout.send(Event(name="app/wrong"))
         bad = fanout.wait_for_run(derived_id("wrong", bad_id), 20)
-    assert log[:3] == [("one", "a"), ("many", ["b", "c"]), ("end", "completed")]
+    assert log[:3] == [("one", "a"), ("many", ["b", "c"]), ("end", "completed", [])]
     assert bad.status == "failed" and bad.error["type"] == InvalidStepError.__name__

@@ -77,11 +77,12 @@ class Journal:
             timeout_at=timeout_at, path_expires=timeout_at + self.settings.lookback_ms,
             any_limit=any_limit, lease_exp=self._lease_exp())
 
-    def finish(self, status: str, fields: dict[str, str]) -> None:
-        """Mark the run final."""
+    def finish(self, status: str, fields: dict[str, str],
+               steps: list[tuple[str, str]] | None = None) -> None:
+        """Mark the run final (writing ``steps`` first, in the same round trip)."""
         self.store.finish(self.run_id, self.token, status,
                           {"ended_at": str(self.clock()), **fields},
-                          retention_ms=self.settings.retention_ms)
+                          retention_ms=self.settings.retention_ms, steps=steps or ())
 
     def load_steps(self) -> dict[str, str]:
         return self.store.load_steps(self.run_id)

@@ -151,5 +151,6 @@ class AttemptState:
         return {"retried_attempts": ",".join(ids)}
 
     def finish(self, status: str, **fields: str) -> None:
-        self.flush()
-        self.journal.finish(status, fields)
+        # The buffered checkpoints go in the same write: a run's end is one round trip.
+        records, self._pending = self._pending, []
+        self.journal.finish(status, fields, records)

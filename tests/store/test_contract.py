@@ -343,6 +343,22 @@ def test_due_timers_are_claimed_earliest_first_and_the_next_one_is_known(
     assert store.next_due() == t + 60_000
 
 
+def test_checkpoint_many_and_finish_write_buffered_step_records_in_order(
+        store: Store) -> None:
+    [run] = create(store, event(1))
+    started(store, run.run_id)
+    store.checkpoint_many(run.run_id, "t1", [("a", '{"v": 1}'), ("b", '{"v": 2}'),
+                                             ("a", '{"v": 3}')], lease_exp=now() + 1000)
+    store.finish(run.run_id, "t1", "completed", {"output": "1"}, retention_ms=DAY,
+                 steps=[("c", '{"v": 4}')])
+    assert store.load_steps(run.run_id) == {"a": '{"v": 3}', "b": '{"v": 2}',
+                                            "c": '{"v": 4}'}
+    assert store.statuses([run.run_id]) == ["completed"]
+    with pytest.raises(LeaseLostError):  # fenced: the lease is gone
+        store.checkpoint_many(run.run_id, "t1", [("d", "{}")], lease_exp=now() + 1000)
+    assert "d" not in store.load_steps(run.run_id)
+
+
 def test_renew_extends_only_leases_still_held(store: Store) -> None:
     [a, b] = create(store, event(1), event(2))
     started(store, a.run_id)

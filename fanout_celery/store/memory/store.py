@@ -237,9 +237,10 @@ class MemoryStore(MemoryQueries, MemoryFlow, MemoryTimers):
         return found[:any_limit] if path is None else found
 
     def finish(self, run_id: str, token: str, status: str, fields: dict[str, str], *,
-               retention_ms: int) -> None:
+               retention_ms: int, steps: Sequence[tuple[str, str]] = ()) -> None:
         with self._lock:
             run = self._holds(run_id, token)
+            self.steps.setdefault(run_id, {}).update(steps)
             run["status"] = status
             run.update(fields)
             self._unlease(run_id, run)

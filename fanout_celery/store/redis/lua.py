@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from .connect import RETRIES, backoff, is_transient
@@ -58,6 +59,14 @@ class Lua:
         first write: a replica takes none, and over ``maxmemory`` only a script that has
         not written yet is refused. It changed nothing, so it runs again here, with the
         client's back-off, on a new connection (which reaches a new primary)."""
+        if type(client) is redis.Redis:
+            # The hot path (a step's checkpoint, a run's start and end): one command on
+            # a pooled connection, without redis-py's per-command wrappers (retry,
+            # observability), about 20 µs of CPU less. Anything unusual (an error reply,
+            # a broken connection) takes the full path below, which retries.
+            fast = _fast_call(client, self.sha, keys, args)
+            if fast is not _FALLBACK:
+                return fast
         for attempt in range(RETRIES + 1):
             try:
                 try:
@@ -77,6 +86,34 @@ class Lua:
         cluster pipeline refuses its ``evalsha`` method, not the command, which it sends
         to the master of the first key's slot."""
         pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+_FALLBACK = object()
+
+
+def _fast_call(client: redis.Redis[Any], sha: str, keys: Sequence[Any],
+               args: Sequence[Any]) -> Any:
+    """``EVALSHA`` on a connection of ``client``'s pool, sent and read directly; returns
+    ``_FALLBACK`` when the reply is an error or the connection failed (the command may
+    then have run: a script fenced by its lease token, or idempotent, is safe to send
+    again, as redis-py's own retry would)."""
+    pool = client.connection_pool
+    try:
+        conn = pool.get_connection()
+    except Exception:
+        return _FALLBACK
+    try:
+        conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+        reply = conn.read_response()
+    except ResponseError:
+        pool.release(conn)
+        return _FALLBACK
+    except Exception:
+        conn.disconnect()
+        pool.release(conn)
+        return _FALLBACK
+    pool.release(conn)
+    return reply
 
 
 class Scripts:
