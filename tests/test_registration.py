@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 
+import pytest
+from support import wait_until
+
 from fanout_celery import Event, Function
 
 
@@ -75,3 +78,33 @@ def test_a_parked_run_does_not_expire(app, fanout, redis_client, worker):
             time.sleep(0.02)
     assert deadline_status == "sleeping"
     assert fanout.store.ttl_ms(run.id) == -1
+
+
+def test_output_retention_expires_the_steps_of_a_finished_run_before_its_summary(
+        app, state_client, worker):
+    from fanout_celery import Fanout
+    from fanout_celery.engine.history import RerunError
+
+    app.conf.fanout_retention = 60
+    app.conf.fanout_output_retention = 3
+    fanout = Fanout(app)
+    keys = fanout.store.keys
+
+    @fanout.function("brief", event="app/brief")
+    def brief(ctx):
+        return ctx.step.run("one", lambda: "x" * 1000)
+
+    with worker(app):
+        [event_id] = fanout.send(Event(name="app/brief"))
+        [run] = fanout.runs_for_event(event_id)
+        done = fanout.wait_for_run(run.id, timeout=20)
+        steps_ttl, run_ttl = (state_client.pttl(keys.steps(run.id)),
+                              state_client.pttl(keys.run(run.id)))
+    assert done.status == "completed" and [s.id for s in done.steps] == ["one"]
+    assert 0 < steps_ttl <= 3_000 < run_ttl <= 60_000
+    wait_until(lambda: not state_client.exists(keys.steps(run.id)), 10)
+    later = fanout.get_run(run.id)
+    assert later.status == "completed" and later.output == "x" * 1000 and later.steps == []
+    assert later.steps_expired
+    with pytest.raises(RerunError, match="expired .*fanout_output_retention"):
+        fanout.rerun(run.id, from_step="one")

@@ -202,6 +202,12 @@ class History:
             raise UnknownFunctionError(
                 f"function {run.function_id!r} is not declared or published")
         ordered = [s.id for s in run.steps]
+        if from_step is not None and run.steps_expired:
+            expired = f"{run.steps_until:%Y-%m-%d %H:%M:%S}"
+            raise RerunError(
+                f"the step records of run {run_id} expired at {expired} UTC "
+                f"(fanout_output_retention): there is no step {from_step!r} to rerun from; "
+                "rerun it without a step to run it all again")
         if from_step is not None and from_step not in ordered:
             raise RerunError(f"run {run_id} has no step {from_step!r}; its steps: "
                              f"{', '.join(ordered) or '(none)'}")

@@ -85,6 +85,15 @@ class Run:
     # The run this one re-executes (``fanout.rerun``), and the step it reran from.
     rerun_of: str | None = None
     rerun_from: str | None = None
+    # With fanout_output_retention: when the step records of this finished run expire
+    # (the run itself is kept for the retention).
+    steps_until: datetime | None = None
+
+    @property
+    def steps_expired(self) -> bool:
+        """Whether the step records of this finished run expired already."""
+        return self.steps_until is not None and not self.steps and \
+            self.steps_until <= datetime.now(UTC)
 
     @property
     def finished(self) -> bool:
@@ -115,6 +124,7 @@ class Run:
             ended_at=_time(raw.get("ended_at")), wake_at=_time(raw.get("wake_at")),
             executions=int(raw.get("executions", 0)), rerun_of=raw.get("rerun_of") or None,
             rerun_from=raw.get("rerun_from") or None,
+            steps_until=_time(raw.get("steps_until")),
         )
 
 

@@ -53,6 +53,10 @@ def _seconds(name: str, value: Any) -> float:
     return float(value)
 
 
+def _optional_seconds(name: str, value: Any) -> float | None:
+    return None if value is None else _seconds(name, value)
+
+
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigurationError(f"fanout_{name} must be a positive integer, not {value!r}")
@@ -126,6 +130,9 @@ SPEC: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     "redis_options": ({}, _redis_options),
     "key_prefix": ("fanout", _prefix),
     "retention": (timedelta(days=7), _seconds),
+    # How long the step records (outputs, errors) of a finished run are kept; its summary
+    # (status, output, error, timestamps) stays for the retention. None: the retention.
+    "output_retention": (None, _optional_seconds),
     "event_dedupe_window": (timedelta(hours=24), _seconds),
     "max_event_bytes": (512 * 1024, _positive_int),
     "max_step_output_bytes": (4 * 1024 * 1024, _positive_int),
@@ -183,6 +190,7 @@ class Settings:
     redis_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     key_prefix: str = "fanout"
     retention: float = 7 * 86400.0
+    output_retention: float | None = None
     event_dedupe_window: float = 86400.0
     max_event_bytes: int = 512 * 1024
     max_step_output_bytes: int = 4 * 1024 * 1024
@@ -218,6 +226,13 @@ class Settings:
     @property
     def retention_ms(self) -> int:
         return int(self.retention * 1000)
+
+    @property
+    def output_retention_ms(self) -> int:
+        """How long a finished run's step records are kept (at most the retention)."""
+        if self.output_retention is None:
+            return self.retention_ms
+        return int(min(self.output_retention, self.retention) * 1000)
 
     @property
     def keep_events_ms(self) -> int:

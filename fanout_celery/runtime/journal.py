@@ -80,9 +80,14 @@ class Journal:
     def finish(self, status: str, fields: dict[str, str],
                steps: list[tuple[str, str]] | None = None) -> None:
         """Mark the run final (writing ``steps`` first, in the same round trip)."""
+        s = self.settings
+        now = self.clock()
+        expiry = {} if s.output_retention is None else \
+            {"steps_until": str(now + s.output_retention_ms)}
         self.store.finish(self.run_id, self.token, status,
-                          {"ended_at": str(self.clock()), **fields},
-                          retention_ms=self.settings.retention_ms, steps=steps or ())
+                          {"ended_at": str(now), **fields, **expiry},
+                          retention_ms=s.retention_ms, steps=steps or (),
+                          steps_retention_ms=s.output_retention_ms)
 
     def load_steps(self) -> dict[str, str]:
         return self.store.load_steps(self.run_id)

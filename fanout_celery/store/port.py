@@ -139,9 +139,11 @@ class Store(Protocol):
         registered, on a cluster, if its worker died in between)."""
 
     def finish(self, run_id: str, token: str, status: str, fields: dict[str, str], *,
-               retention_ms: int, steps: Sequence[tuple[str, str]] = ()) -> None:
-        """Mark the run final, release its lease and expire it after the retention;
-        ``steps`` (buffered checkpoints) are written first, in the same write."""
+               retention_ms: int, steps: Sequence[tuple[str, str]] = (),
+               steps_retention_ms: int | None = None) -> None:
+        """Mark the run final, release its lease and expire it after the retention (its
+        step records after ``steps_retention_ms``, when shorter); ``steps`` (buffered
+        checkpoints) are written first, in the same write."""
 
     def renew(self, leases: Sequence[tuple[str, str]], lease_exp: int) -> list[bool]:
         """Renew the leases ``(run_id, token)`` still held; returns which were."""

@@ -237,7 +237,8 @@ class MemoryStore(MemoryQueries, MemoryFlow, MemoryTimers):
         return found[:any_limit] if path is None else found
 
     def finish(self, run_id: str, token: str, status: str, fields: dict[str, str], *,
-               retention_ms: int, steps: Sequence[tuple[str, str]] = ()) -> None:
+               retention_ms: int, steps: Sequence[tuple[str, str]] = (),
+               steps_retention_ms: int | None = None) -> None:
         with self._lock:
             run = self._holds(run_id, token)
             self.steps.setdefault(run_id, {}).update(steps)

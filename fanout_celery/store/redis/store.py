@@ -167,13 +167,15 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
         return None
 
     def finish(self, run_id: str, token: str, status: str, fields: dict[str, str], *,
-               retention_ms: int, steps: Sequence[tuple[str, str]] = ()) -> None:
+               retention_ms: int, steps: Sequence[tuple[str, str]] = (),
+               steps_retention_ms: int | None = None) -> None:
         k = self.keys
         shard = k.shard_of(run_id)
         code = self.scripts.finish(
             self.client, [k.run(run_id), k.steps(run_id), k.leases(shard), k.timers(shard),
                           k.done(run_id)],
-            [run_id, token, status, retention_ms, len(steps),
+            [run_id, token, status, retention_ms,
+             min(retention_ms, steps_retention_ms or retention_ms), len(steps),
              *(part for pair in steps for part in pair), *flat(fields)])
         fenced(code, run_id, "while finishing")
 
