@@ -279,3 +279,35 @@ def cancel_cmd(ctx: click.Context, run_id: str | None, function_id: str | None,
             raise click.UsageError("give a RUN_ID or --function")
     except FanoutError as exc:
         _fail(exc)
+
+
+@fanout.command()
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="address to listen on (0.0.0.0: every interface; give credentials then)")
+@click.option("--port", default=5556, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--basic-auth", help="user:password required for every page (Flower's option)")
+@click.option("--token", help="a bearer token required for every page (or ?token=...)")
+@click.option("--read-only", is_flag=True, help="pages only: no cancel, rerun or replay")
+@click.pass_context
+def dashboard(ctx: click.Context, address: str, port: int, basic_auth: str | None,
+              token: str | None, read_only: bool) -> None:
+    """Serve the dashboard: runs, a run's waterfall, events, functions, /metrics."""
+    try:
+        import uvicorn
+
+        from ..dashboard import DashboardConfig, app
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the dashboard needs its extra: pip install 'fanout_celery[dashboard]' ({exc})") \
+            from None
+    if address not in ("127.0.0.1", "localhost", "::1") and not (basic_auth or token):
+        click.echo(f"warning: serving on {address} without --basic-auth or --token: anyone "
+                   "who reaches it can cancel and rerun runs", err=True)
+    try:
+        config = DashboardConfig(basic_auth=basic_auth, token=token, read_only=read_only)
+    except FanoutError as exc:
+        _fail(exc)
+    application = app(_fanout(ctx), config)
+    click.echo(f"fanout dashboard on http://{address}:{port}/"
+               + (" (read-only)" if read_only else ""))
+    uvicorn.run(application, host=address, port=port, log_level="warning")

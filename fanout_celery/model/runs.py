@@ -88,6 +88,8 @@ class Run:
     # With fanout_output_retention: when the step records of this finished run expire
     # (the run itself is kept for the retention).
     steps_until: datetime | None = None
+    # A branch run of a parallel group: its parent run (shown inside it).
+    branch_of: str | None = None
 
     @property
     def steps_expired(self) -> bool:
@@ -125,6 +127,7 @@ class Run:
             executions=int(raw.get("executions", 0)), rerun_of=raw.get("rerun_of") or None,
             rerun_from=raw.get("rerun_from") or None,
             steps_until=_time(raw.get("steps_until")),
+            branch_of=raw.get("branch_of") or None,
         )
 
 

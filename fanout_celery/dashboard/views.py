@@ -1,0 +1,163 @@
+"""What the pages show: runs, a run's waterfall, events, functions, read through the
+facade. No web framework here: plain data for the templates."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..fanout import Fanout
+from ..model.records import FINAL
+from ..model.runs import Run, RunNode
+
+PAGE = 50
+
+
+def ms(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+def human(value: datetime | None) -> str:
+    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 120:
+        return f"{value:.2f} s"
+    return f"{value / 60:.1f} min"
+
+
+@dataclass
+class Bar:
+    """One row of a run's waterfall: where it starts and how long it lasts, in % of the
+    run's time line; ``kind`` styles it (run, wait, queue, child)."""
+
+    label: str
+    status: str
+    left: float
+    width: float
+    kind: str
+    note: str
+    href: str = ""
+
+
+def waterfall(node: RunNode) -> tuple[list[Bar], str]:
+    """The run's steps and child runs on one time line (queue time before the start, then
+    each step; sleeps and waits drawn as waiting). Steps a rerun reused keep their
+    original times, before the run was created: they are drawn at the start, marked."""
+    run = node.run
+    start = ms(run.created_at) or 0
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    end = ms(run.ended_at) or now
+    points = [end]
+    children = [kid.run for kids in node.children.values() for kid in kids]
+    for kid in children:
+        points.append(ms(kid.ended_at) or now)
+    span = max(1, max(points) - start)
+
+    def place(a: int | None, b: int | None) -> tuple[float, float]:
+        a = max(start, a or start)
+        b = max(a, b or now)
+        return (100 * (a - start) / span, max(0.4, 100 * (b - a) / span))
+
+    bars = []
+    first = ms(run.started_at)
+    if first is not None:
+        left, width = place(start, first)
+        bars.append(Bar("queued", "queued", left, width, "queue", seconds((first - start) / 1000)))
+    for step in run.steps:
+        a, b = ms(step.started_at), ms(step.ended_at)
+        reused = a is not None and a < start
+        left, width = (0.0, 0.4) if reused else place(a, b if b else None)
+        kind = "wait" if step.kind in ("sleep", "wait_for_event", "invoke", "parallel") \
+            else "run"
+        note = "reused from the run it reruns" if reused else seconds(
+            None if a is None or b is None else (b - a) / 1000)
+        bars.append(Bar(step.id, step.status, left, width, kind, note))
+    for kid in children:
+        left, width = place(ms(kid.created_at), ms(kid.ended_at))
+        bars.append(Bar(f"{kid.function_id} {kid.id[:12]}", kid.status, left, width, "child",
+                        seconds(kid.duration), href=f"runs/{kid.id}"))
+    return bars, seconds(span / 1000)
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def run_view(fanout: Fanout, run_id: str) -> dict[str, Any] | None:
+    """Everything the run page shows."""
+    node = fanout.run_tree(resolve_id(fanout, run_id), depth=1)
+    if node is None:
+        return None
+    run = node.run
+    bars, span = waterfall(node)
+    parked = []
+    if run.wake_at is not None and run.status not in FINAL:
+        parked.append(f"wakes at {human(run.wake_at)} UTC")
+    for step in run.steps:
+        for key in ("wake_at", "timeout_at", "retry_at"):
+            if key in step.detail and step.status not in ("completed", "failed"):
+                when = datetime.fromtimestamp(int(step.detail[key]) / 1000, tz=UTC)
+                parked.append(f"step {step.id}: {key.replace('_at', '')} at {human(when)} UTC")
+    return {"run": run, "bars": bars, "span": span, "parked": parked,
+            "events": [pretty(e) for e in run.events], "output": pretty(run.output),
+            "error": pretty(run.error) if run.error else "",
+            "steps": [{"step": s, "output": pretty(s.output), "duration": seconds(s.duration),
+                       "error": pretty(s.error) if s.error else ""} for s in run.steps],
+            "active": run.status not in FINAL, "human": human}
+
+
+def resolve_id(fanout: Fanout, text: str) -> str:
+    """A run id, or the unique run whose id starts with ``text`` among the recent ones."""
+    text = text.strip().lower()
+    if len(text) >= 32:
+        return text
+    page = fanout.list_runs(limit=500)
+    matches = [r.id for r in page.runs if r.id.startswith(text)]
+    return matches[0] if len(matches) == 1 else text
+
+
+def runs_view(fanout: Fanout, *, function: str | None, status: str | None,
+              event_id: str | None, search: str | None, since: datetime | None,
+              page: int) -> dict[str, Any]:
+    """A page of runs, newest first, filtered; branch runs of parallel groups are shown
+    in their parent, not here."""
+    found = fanout.list_runs(function=function or None, status=status or None,
+                             event_id=event_id or None, since=since,
+                             limit=PAGE * 2, offset=(page - 1) * PAGE * 2)
+    runs: list[Run] = [r for r in found.runs if r.branch_of is None]
+    if search:
+        needle = search.lower()
+        runs = [r for r in runs if needle in r.id or needle in json.dumps(r.events).lower()
+                or needle in json.dumps(r.error or {}).lower()]
+    return {"runs": runs[:PAGE], "more": found.more or len(runs) > PAGE, "page": page,
+            "seconds": seconds, "human": human}
+
+
+def functions_view(fanout: Fanout) -> list[dict[str, Any]]:
+    """Each function: triggers, flow control, next cron time, counts by status in the
+    last hour and day."""
+    now = datetime.now(UTC)
+    schedules = {s["function_id"]: s for s in fanout.schedules(1)}
+    out = []
+    for fid, sub in sorted(fanout.engine.router.all().items()):
+        counts: dict[str, dict[str, int]] = {"hour": {}, "day": {}}
+        page = fanout.list_runs(function=fid, since=datetime.fromtimestamp(
+            now.timestamp() - 86400, tz=UTC), limit=1000)
+        for run in page.runs:
+            age = (now - run.created_at).total_seconds() if run.created_at else 0
+            for window, limit in (("hour", 3600), ("day", 86400)):
+                if age <= limit:
+                    counts[window][run.status] = counts[window].get(run.status, 0) + 1
+        next_fire = schedules.get(fid, {}).get("next", [None])
+        out.append({"id": fid, "events": list(sub.events), "crons": list(sub.crons),
+                    "flow": sub.flow or {}, "next": next_fire[0] if next_fire else None,
+                    "counts": counts, "capped": page.more})
+    return out
