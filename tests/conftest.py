@@ -52,6 +52,34 @@ def _in_ci() -> bool:
 
 
 @pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """A headless Chromium driven by Selenium (Debian's ``chromium`` and
+    ``chromium-driver``). Without them the browser tests skip locally, fail in CI."""
+    import shutil
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not binary or not driver_path:
+        message = "no chromium and chromedriver (Debian: apt-get install chromium chromium-driver)"
+        if _in_ci():
+            pytest.fail(f"CI is set but {message}")
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1280,900", "--disable-gpu"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="session")
 def rabbitmq_url() -> Iterator[str]:
     """The URL of a real RabbitMQ: FANOUT_TEST_AMQP_URL, else a node of Debian's
     ``rabbitmq-server`` started for the session. Without one the RabbitMQ tests skip

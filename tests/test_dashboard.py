@@ -197,3 +197,18 @@ def test_worker_counters_count_runs_steps_and_parks(app: Any, fanout: Fanout,
     assert value("fanout_runs_parked_total", function="counted", status="retrying") == 3
     assert value("fanout_runs_started_total", function="counted") == 6
     assert value("fanout_attempt_duration_seconds_count", function="counted") == 6
+
+
+def test_the_dashboard_mounts_under_a_path_of_a_web_app(fanout: Fanout, shop: Any) -> None:
+    from fastapi import FastAPI
+
+    web = FastAPI()
+    web.mount("/ops/fanout", app(fanout))
+    page = get(web, "/ops/fanout/")
+    assert page.status_code == 200
+    order = shop["order"].id
+    assert f'href="/ops/fanout/runs/{order}"' in page.text  # links keep the prefix
+    assert order in get(web, f"/ops/fanout/runs/{order}").text
+    done = post_form(web, f"/ops/fanout/runs/{shop['napper'].id}",
+                     f"/ops/fanout/runs/{shop['napper'].id}/cancel", {"confirm": "yes"})
+    assert done.status_code == 303 and done.headers["location"].startswith("/ops/fanout/")
