@@ -313,6 +313,11 @@ class Fanout:
         """Send stored events again as new events (new ids, ``replay_of`` set)."""
         return self.engine.history.replay(events)
 
+    def find_run_id(self, text: str) -> str:
+        """The run id that ``text`` is, or starts (as the CLI and the dashboard print
+        them, 12 characters), among recent runs; ``text`` itself when none matches."""
+        return self.engine.history.resolve_id(text)
+
     def rerun(self, run_id: str, from_step: str | None = None) -> str:
         """Start a new run of the same function and event, reusing the recorded outputs of
         the steps before ``from_step``; returns the new run's id."""

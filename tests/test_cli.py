@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -311,7 +312,7 @@ def test_run_shows_the_trigger_the_tree_of_steps_and_children_and_a_waterfall(ap
     tree = lines[tree_top:tree_top + 8]
     assert tree[0].startswith(f"parent  {fan_tree.parent_id[:12]}  completed  (duration ")
     assert tree[1].startswith("├─ step fetch  [completed, 1 attempt, ")
-    assert tree[2].startswith("└─ step fan  [completed, 1 attempt, ")
+    assert tree[2].startswith("└─ step fan  [completed, send_event, ")  # no body: no attempts
     ok_child, failed_child = fan_tree.children
     assert tree[3].strip().startswith(f"child  {ok_child[:12]}  completed")
     assert tree[4].strip().startswith("└─ step load  [completed, 1 attempt")
@@ -365,8 +366,8 @@ def test_run_shows_where_a_parked_run_waits(app, fanout, worker):
 
     assert out.splitlines()[0] == f"run {run_id}  napper  sleeping"
     assert "  parked until " in out and "(sleeping)" in out
-    assert "  step nap wakes at " in out
-    assert "step nap  [sleeping, 0 attempts" in out
+    assert re.search(r"  step nap wakes at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", out)
+    assert "step nap  [sleeping, sleep, " in out
 
 
 # -- events --------------------------------------------------------------------------
@@ -652,7 +653,7 @@ def test_replaying_a_library_event_is_refused_cleanly(app, fanout):
     events_before = fanout.store.count("events")
 
     by_id = cli(app, "replay", run.event_ids[0])
-    by_name = cli(app, "replay", "--name", "fanout/function.invoked")
+    by_name = cli(app, "replay", "--name", "fanout/function.invoked", "--yes")
 
     for result in (by_id, by_name):
         assert result.exit_code == 1
@@ -707,3 +708,86 @@ def test_celery_fanout_runs_through_the_installed_entry_point(redis_url, app, fa
     [row] = table(proc.stdout)
     assert (row["RUN"], row["FUNCTION"], row["STATUS"]) == (run_id, "cli-hello", "queued")
 
+
+
+# -- what a new user ran into -------------------------------------------------------
+
+
+def test_run_rerun_and_cancel_take_the_12_character_ids_tables_print(app, fan_tree, fanout):
+    short = fan_tree.parent_id[:12]
+    assert ok(app, "run", short).splitlines()[0].startswith(f"run {fan_tree.parent_id}")
+    assert cli(app, "run", "zz" + short[2:]).exit_code == 1  # no such run: a clean error
+
+
+def test_a_reruns_waterfall_stays_on_its_lines_and_marks_the_reused_steps(
+        app, fanout, worker, three_steps):
+    with worker(app):
+        first = only_run(fanout, fanout.send({"name": "app/pipeline"})[0])
+        fanout.wait_for_run(first, timeout=20)
+        again = ok(app, "rerun", first, "--from-step", "s3").strip()
+        fanout.wait_for_run(again, timeout=20)
+        out = ok(app, "run", again)
+    assert f"  rerun of  {first}  from step s3" in out
+    bars = [line for line in out.splitlines() if line.startswith(("s1 ", "s2 ", "s3 "))]
+    assert len(bars) == 3 and all(len(line) < 120 for line in bars), bars
+    assert all(f"reused from run {first}" in line for line in bars[:2])
+    assert "queued -" not in out and "█" in bars[2]
+
+
+def test_a_cancelled_runs_sleep_is_shown_ended_not_waiting(app, fanout, worker):
+    @fanout.function("napper", event="app/nap")
+    def napper(ctx):
+        ctx.step.sleep("nap", 600)
+
+    with worker(app):
+        run_id = only_run(fanout, fanout.send({"name": "app/nap"})[0])
+        wait_status(fanout, run_id, "sleeping")
+        fanout.cancel(run_id)
+        out = ok(app, "run", run_id)
+    assert "step nap  [sleeping when the run ended cancelled, sleep, " in out
+    assert "wakes at" not in out and "parked until" not in out
+    bar = next(line for line in out.splitlines() if line.startswith("nap "))
+    assert "░" in bar and "█" not in bar and ", waited " in bar  # a sleep waits
+
+
+def test_rerun_of_an_active_run_is_refused(app, fanout, worker):
+    @fanout.function("napper", event="app/nap")
+    def napper(ctx):
+        ctx.step.sleep("nap", 600)
+
+    with worker(app):
+        run_id = only_run(fanout, fanout.send({"name": "app/nap"})[0])
+        wait_status(fanout, run_id, "sleeping")
+        result = cli(app, "rerun", run_id)
+        fanout.cancel(run_id)
+    assert result.exit_code == 1 and "still sleeping" in result.output
+    assert [r["RUN"] for r in table(ok(app, "runs"))] == [run_id]  # no second run
+
+
+def test_replay_by_name_without_since_asks_first(app, fanout, worker, order_functions):
+    with worker(app):
+        fanout.send({"name": "app/order", "data": {"order": 1}})
+        refused = cli(app, "replay", "--name", "app/order", input="n\n")
+        assert refused.exit_code == 1
+        assert "replay all 1 stored events named 'app/order'" in refused.output
+        assert "narrow them with --since, or pass --yes" in refused.output
+        events = fanout.store.count("events")
+        assert ok(app, "replay", "--name", "app/order", input="y\n").strip()
+        assert ok(app, "replay", "--name", "app/order", "--yes").strip()
+        # The first replayed the one event; the second, it and its replay.
+        assert fanout.store.count("events") == events + 1 + 2
+
+
+def test_an_unknown_function_and_an_unreachable_redis_are_one_line_errors(app, fanout):
+    unknown = cli(app, "runs", "--function", "nope")
+    assert unknown.exit_code == 1 and "no function 'nope'" in unknown.output
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = Celery("down", set_as_current=False)
+    down.conf.update(broker_url=f"redis://127.0.0.1:{port}/0", result_backend=None,
+                     fanout_redis_options={"socket_connect_timeout": 0.2})
+    result = cli(down, "runs")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert "cannot reach Redis or the broker" in result.output

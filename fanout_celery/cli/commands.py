@@ -17,6 +17,7 @@ from ..fanout import Fanout, fanout_for
 from ..model.durations import parse_duration
 from ..model.events import now_ms
 from ..model.runs import STATUSES
+from ..store.redis import is_transient
 from .render import ago, describe, secs, styled, table
 
 
@@ -56,7 +57,43 @@ def _fail(exc: FanoutError) -> None:
     raise click.ClickException(str(exc))
 
 
-@click.group(name="fanout")
+class _Group(click.Group):
+    """Every command's errors as one line: a store or broker that cannot be reached is
+    ``Error: cannot reach ...``, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except FanoutError as exc:
+            raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            if is_transient(exc) or isinstance(exc, OSError) or \
+                    type(exc).__module__.startswith(("kombu", "amqp", "redis")):
+                raise click.ClickException(
+                    f"cannot reach Redis or the broker ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}); is it running, and is the URL right?") from None
+            raise
+
+
+def _confirmed(question: str) -> bool:
+    """Asked on the terminal; no answer (no terminal, end of input) is no."""
+    try:
+        return click.confirm(question, default=False)
+    except click.Abort:
+        return False
+
+
+def _run_id(fo: Fanout, text: str) -> str:
+    """A run id, or the prefix of one (the 12 characters tables and trees print)."""
+    try:
+        return fo.find_run_id(text)
+    except FanoutError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(name="fanout", cls=_Group)
 def fanout() -> None:
     """Durable functions: list functions, send events, inspect and operate runs.
 
@@ -168,7 +205,7 @@ def run(ctx: click.Context, run_id: str, as_json: bool, depth: int) -> None:
         celery -A proj fanout run 1f3a9c0e5b7d4e21a8c6f0b2d4e6a8c0 --depth 2
     """
     fo = _fanout(ctx)
-    node = fo.run_tree(run_id, depth=depth)
+    node = fo.run_tree(_run_id(fo, run_id), depth=depth)
     if node is None:
         raise click.ClickException(f"no run {run_id} (unknown or expired)")
     if as_json:
@@ -202,9 +239,11 @@ def events(ctx: click.Context, name: str | None, since: str | None, limit: int) 
 @click.argument("event_id", required=False)
 @click.option("--name", help="replay every stored event of this name (with --since)")
 @click.option("--since", help="with --name: stored after (ISO time or a duration ago)")
+@click.option("--yes", is_flag=True, help="with --name and no --since: replay every stored "
+              "event of that name without asking")
 @click.pass_context
 def replay_cmd(ctx: click.Context, event_id: str | None, name: str | None,
-               since: str | None) -> None:
+               since: str | None, yes: bool) -> None:
     """Send stored events again as new events, so every subscriber runs again.
 
     \b
@@ -222,6 +261,12 @@ def replay_cmd(ctx: click.Context, event_id: str | None, name: str | None,
         chosen = [e for e, _ in fo.list_events(name=name, since=_when(since),
                                             limit=100_000)]
         chosen.reverse()  # oldest first, as they were sent
+        if since is None and chosen and not yes and not _confirmed(
+                f"replay all {len(chosen)} stored events named {name!r} (every subscriber "
+                "runs again)?"):
+            raise click.ClickException(
+                f"{len(chosen)} events named {name!r} are stored: narrow them with --since, "
+                "or pass --yes to replay them all")
     else:
         raise click.UsageError("give an EVENT_ID or --name")
     try:
@@ -246,7 +291,7 @@ def rerun_cmd(ctx: click.Context, run_id: str, from_step: str | None) -> None:
     """
     fo = _fanout(ctx)
     try:
-        click.echo(fo.rerun(run_id, from_step))
+        click.echo(fo.rerun(_run_id(fo, run_id), from_step))
     except FanoutError as exc:
         _fail(exc)
 
@@ -268,6 +313,7 @@ def cancel_cmd(ctx: click.Context, run_id: str | None, function_id: str | None,
     fo = _fanout(ctx)
     try:
         if run_id:
+            run_id = _run_id(fo, run_id)
             outcome = fo.cancel(run_id, "cancelled from the command line")
             if outcome == "missing":
                 raise click.ClickException(f"no run {run_id} (unknown or expired)")

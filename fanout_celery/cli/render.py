@@ -36,27 +36,51 @@ def table(rows: list[list[str]], header: list[str]) -> None:
         click.echo(click.style(line, bold=True) if n == 0 else line)
 
 
+WAITING_KINDS = ("sleep", "wait_for_event", "invoke", "parallel")
+
+
 def waterfall(run: Run, width: int = 40) -> str:
-    """Per step, queue/wait time (·) and execution time (█) on the run's time line."""
+    """Per step, on the run's time line (from its creation to its end): time before the
+    step started (·), the step executing (█) or waiting (░: a sleep, a wait, an invoke).
+    Steps a rerun reused keep the times of the run they come from: marked, not drawn.
+    Overlapping steps (parallel branches) are drawn where they ran."""
     if run.created_at is None or not run.steps:
         return "(no steps)"
     origin = run.created_at.timestamp()
     end = (run.ended_at or datetime.now(UTC)).timestamp()
     span = max(end - origin, 1e-3)
+
+    def col(t: float) -> int:
+        return min(width, max(0, int((t - origin) / span * width)))
+
     lines = []
     previous = origin
     name_w = max(len(s.id) for s in run.steps)
     for step in run.steps:
+        if step.started_at is not None and step.started_at.timestamp() < origin - 1e-3:
+            lines.append(f"{step.id:<{name_w}}  |{'':<{width}}|  reused from run "
+                         f"{run.rerun_of or '?'}")
+            continue
         start = step.started_at.timestamp() if step.started_at else previous
         stop = step.ended_at.timestamp() if step.ended_at else end
-        a = int((previous - origin) / span * width)
-        b = max(int((start - origin) / span * width), a)
-        c = max(int((stop - origin) / span * width), b + 1)
-        bar = " " * a + "·" * (b - a) + "█" * (c - b)
-        lines.append(f"{step.id:<{name_w}}  |{bar:<{width}}|  queued {secs(start - previous)}"
-                     f", ran {secs(stop - start)}")
-        previous = stop
+        a = col(min(previous, start))
+        b = min(col(start), width - 1)  # a step at the very end still gets its column
+        c = max(col(stop), b + 1)
+        mark = "░" if step.kind in WAITING_KINDS else "█"
+        bar = (" " * a + "·" * (b - a) + mark * (c - b))[:width]
+        queued = max(0.0, start - previous)
+        lines.append(f"{step.id:<{name_w}}  |{bar:<{width}}|  queued {secs(queued)}, "
+                     f"{'waited' if mark == '░' else 'ran'} {secs(max(0.0, stop - start))}")
+        previous = max(previous, stop)
     return "\n".join(lines)
+
+
+def _at(ms: object) -> str:
+    """Epoch milliseconds as a UTC time."""
+    try:
+        return ago(datetime.fromtimestamp(int(str(ms)) / 1000, tz=UTC)) + " UTC"
+    except (TypeError, ValueError):
+        return "-"
 
 
 def describe(node: RunNode) -> None:
@@ -68,17 +92,20 @@ def describe(node: RunNode) -> None:
                    f"{json.dumps(event.get('data', {}))[:80]}")
     if r.parent_run_id:
         click.echo(f"  parent    {r.parent_run_id}  step {r.parent_step_id or '-'}")
+    if r.rerun_of:
+        click.echo(f"  rerun of  {r.rerun_of}"
+                   + (f"  from step {r.rerun_from}" if r.rerun_from else ""))
     click.echo(f"  created   {ago(r.created_at)}   started {ago(r.started_at)}   "
                f"ended {ago(r.ended_at)}")
     if r.wake_at and not r.finished:
-        click.echo(f"  parked until {ago(r.wake_at)} ({r.status})")
-    for step in r.steps:
+        click.echo(f"  parked until {ago(r.wake_at)} UTC ({r.status})")
+    for step in r.steps if not r.finished else []:
         if step.status in ("sleeping", "waiting", "invoking", "retrying"):
             d = step.detail
-            what = {"sleeping": f"wakes at {d.get('wake_at')}",
-                    "waiting": f"waits for {d.get('event')} until {d.get('timeout_at')}",
+            what = {"sleeping": f"wakes at {_at(d.get('wake_at'))}",
+                    "waiting": f"waits for {d.get('event')} until {_at(d.get('timeout_at'))}",
                     "invoking": f"awaits child run {d.get('child_run_id')}",
-                    "retrying": f"retries at {d.get('retry_at')}"}[step.status]
+                    "retrying": f"retries at {_at(d.get('retry_at'))}"}[step.status]
             click.echo(f"  step {step.id} {what}")
     if r.error:
         click.echo(click.style(f"  error     {r.error.get('type')}: {r.error.get('message')}",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..errors import FanoutError
 from ..fanout import Fanout
 from ..model.records import FINAL
 from ..model.runs import Run, RunNode
@@ -93,7 +94,11 @@ def pretty(value: Any) -> str:
 
 def run_view(fanout: Fanout, run_id: str) -> dict[str, Any] | None:
     """Everything the run page shows."""
-    node = fanout.run_tree(resolve_id(fanout, run_id), depth=1)
+    try:
+        run_id = fanout.find_run_id(run_id)
+    except FanoutError:
+        return None
+    node = fanout.run_tree(run_id, depth=1)
     if node is None:
         return None
     run = node.run
@@ -112,16 +117,6 @@ def run_view(fanout: Fanout, run_id: str) -> dict[str, Any] | None:
             "steps": [{"step": s, "output": pretty(s.output), "duration": seconds(s.duration),
                        "error": pretty(s.error) if s.error else ""} for s in run.steps],
             "active": run.status not in FINAL, "human": human}
-
-
-def resolve_id(fanout: Fanout, text: str) -> str:
-    """A run id, or the unique run whose id starts with ``text`` among the recent ones."""
-    text = text.strip().lower()
-    if len(text) >= 32:
-        return text
-    page = fanout.list_runs(limit=500)
-    matches = [r.id for r in page.runs if r.id.startswith(text)]
-    return matches[0] if len(matches) == 1 else text
 
 
 def runs_view(fanout: Fanout, *, function: str | None, status: str | None,

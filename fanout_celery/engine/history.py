@@ -189,6 +189,20 @@ class History:
                  for e in events]
         return self.sender.send(fresh) if fresh else []
 
+    def resolve_id(self, text: str, recent: int = 2000) -> str:
+        """A run id from ``text``: a whole id, or the prefix of one (the 12 characters the
+        CLI and the dashboard print) among the ``recent`` newest runs of each function;
+        ``RerunError`` when it is ambiguous."""
+        text = text.strip().lower()
+        if len(text) >= 32 or not text:
+            return text
+        page = self.list_runs(limit=recent)
+        matches = sorted({r.id for r in page.runs if r.id.startswith(text)})
+        if len(matches) > 1:
+            raise RerunError(f"{text!r} is the start of {len(matches)} run ids "
+                             f"({', '.join(m[:16] for m in matches[:3])}...): give more of it")
+        return matches[0] if matches else text
+
     def rerun(self, run_id: str, from_step: str | None = None) -> str:
         """Start a new run of the same function and event that reuses the recorded
         outputs of the steps before ``from_step`` (by default, every step before the
@@ -197,6 +211,9 @@ class History:
         run = Run.from_store(run_id, raw, steps)
         if run is None:
             raise RerunError(f"no run {run_id} (unknown or expired)")
+        if not run.finished:
+            raise RerunError(f"run {run_id} is still {run.status}: a rerun would run it "
+                             "twice at once; cancel it, or wait for its end")
         sub = self.router.get(run.function_id)
         if sub is None:
             raise UnknownFunctionError(

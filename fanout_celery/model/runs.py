@@ -166,14 +166,23 @@ class RunNode:
         for i, step in enumerate(steps):
             last = i == len(steps) - 1
             branch, cont = ("└─ ", "   ") if last else ("├─ ", "│  ")
-            note = f"{step.status}, {step.attempts} attempt{'s' if step.attempts != 1 else ''}, " \
-                   f"{_secs(step.duration)}"
+            status = step.status
+            if self.run.finished and status in PARKED_STEP_STATUSES:
+                status = f"{status} when the run ended {self.run.status}"
+            # Attempts count executions of a step.run body; other kinds have none.
+            tries = f"{step.attempts} attempt{'s' if step.attempts != 1 else ''}, " \
+                if step.kind == "run" else f"{step.kind}, "
+            note = f"{status}, {tries}{_secs(step.duration)}"
             if step.error and step.status != "completed":
                 note += f", {step.error.get('type')}: {step.error.get('message')}"
             lines.append(f"{indent}{branch}step {step.id}  [{note}]")
             for kid in self.children.get(step.id, []):
                 lines.append(kid.format(indent + cont + "   "))
         return "\n".join(lines)
+
+
+# Step statuses that mean "not over yet" (a run that ended meanwhile stopped them).
+PARKED_STEP_STATUSES = frozenset({"sleeping", "waiting", "invoking", "retrying", "parallel"})
 
 
 def _secs(value: float | None) -> str:
