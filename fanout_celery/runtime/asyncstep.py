@@ -77,6 +77,11 @@ class AsyncStep:
             core.active = None
         return core.completed(plan, value)
 
+    async def patched(self, patch_id: str) -> bool:
+        """``Step.patched``."""
+        self._check_idle(patch_id)
+        return self._s.patched(patch_id)
+
     @overload
     async def send_event(  # type: ignore[overload-overlap]
             self, step_id: str,

@@ -97,6 +97,7 @@ class StepCore:
             key = f"{step_id}:{n}"
         self.counts[step_id] = n + 1
         self.used.add(key)
+        self.state.reached(key)
         if len(self.used) > self.state.settings.max_steps:
             self.check_limit(lambda limit: f"run {self.state.run_id} used more than {limit} "
                              "steps")

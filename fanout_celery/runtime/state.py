@@ -53,6 +53,11 @@ class AttemptState:
         self._seq = max((int(r.get("seq", 0)) for r in self.memo.values()), default=-1) + 1
         # Memoized steps not yet reached in this replay: ctx.logger is silent until then.
         self._pending_replay = sum(1 for r in self.memo.values() if r["status"] != "retrying")
+        # Where each step recorded before this attempt is in the run's order, and the
+        # furthest of them this attempt has reached: whether the run already went past a
+        # point of the handler (ctx.step.patched).
+        self._recorded = {k: int(r.get("seq", 0)) for k, r in self.memo.items()}
+        self._frontier = -1
         # Buffered checkpoints (checkpoints="buffered"): written in one round trip at the
         # next durable write, every checkpoint_buffer_steps, or before a step starts once
         # the oldest is checkpoint_buffer_ms old.
@@ -70,6 +75,17 @@ class AttemptState:
 
     def replayed(self, key: str) -> None:
         self._pending_replay -= 1
+
+    def reached(self, key: str) -> None:
+        """The handler entered step ``key`` in this attempt."""
+        seq = self._recorded.get(key)
+        if seq is not None and seq > self._frontier:
+            self._frontier = seq
+
+    def went_past(self) -> bool:
+        """Whether steps were recorded, before this attempt, beyond the furthest one it
+        has reached: the run already went past this point (on the code of then)."""
+        return any(seq > self._frontier for seq in self._recorded.values())
 
     def replay_done(self) -> None:
         self._pending_replay = 0

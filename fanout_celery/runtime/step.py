@@ -68,6 +68,38 @@ class Step(WaitingSteps, ParallelSteps):
             core.in_step = False
         return core.completed(plan, value)
 
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the new code path of a change named ``patch_id``.
+
+        True for a run that reaches this point for the first time (on the code that
+        has the change), False for a run that had already gone past it on the code
+        before the change (it is replaying steps recorded beyond this point); the answer
+        is recorded like a step, so the run keeps it on every later replay::
+
+            if ctx.step.patched("new-pricing"):
+                price = ctx.step.run("price-v2", price_v2, order)
+            else:
+                price = ctx.step.run("price", price_v1, order)
+
+        Once no run in flight predates the change, drop the old branch (and, later, the
+        ``patched`` call itself).
+        """
+        core = self._core
+        x = core.state
+        key, record = core.begin(f"patched:{patch_id}", "patch")
+        if record is not None:
+            x.replayed(key)
+            return bool(record.get("output"))
+        # Steps recorded (on earlier code) beyond the furthest this attempt has reached:
+        # the run went past this point before the change.
+        new_code = not x.went_past()
+        now = x.clock()
+        encoded, stored = core.encode(key, {
+            "status": "completed", "kind": "patch", "output": new_code, "attempts": 1,
+            "started_at": now, "ended_at": now, "seq": core.seq(None)})
+        x.checkpoint(key, encoded, stored)
+        return new_code
+
     @overload
     def send_event(  # type: ignore[overload-overlap]
             self, step_id: str,
