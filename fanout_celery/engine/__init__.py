@@ -12,6 +12,7 @@ from ..model.settings import Settings
 from ..model.typed import EventType
 from ..store.port import Store
 from .admission import Admission
+from .archive import Archiver
 from .cron import CronScheduler
 from .dispatcher import Dispatcher
 from .effects import EngineEffects
@@ -37,7 +38,10 @@ class Engine:
         self.lifecycle = self.dispatcher.lifecycle
         self.sender = Sender(self.dispatcher.dispatch, settings, middleware, event_types)
         self.effects = EngineEffects(self.sender, self.dispatcher, self.router)
-        self.pump = Pump(store, self.dispatcher, self.admission, self.router, settings)
+        self.archiver = None if settings.history_sink is None else \
+            Archiver(store, settings.history_sink)
+        self.pump = Pump(store, self.dispatcher, self.admission, self.router, settings,
+                         archiver=self.archiver)
         self.cron = CronScheduler(store, self.router, self.dispatcher, settings)
         self.history = History(store, self.router, self.sender, broker, settings)
 

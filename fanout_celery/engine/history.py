@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import FanoutError, RunTimeoutError, UnknownFunctionError
 from ..model.events import derived_id, now_ms
+from ..model.history import run_from_record
 from ..model.records import FINAL, NewRun, new_run
 from ..model.runs import Run, RunNode
 from ..model.settings import Settings
@@ -81,7 +82,15 @@ class History:
 
     def get_run(self, run_id: str) -> Run | None:
         found = self.load([run_id])
-        return found[0] if found else None
+        if found:
+            return found[0]
+        # Expired from Redis: the history sink may have it (Run.archived).
+        lookup = getattr(self.settings.history_sink, "get", None)
+        if lookup is not None:
+            record = lookup(run_id)
+            if record is not None:
+                return run_from_record(record)
+        return None
 
     def wait_for_run(self, run_id: str, timeout: float) -> Run:
         """The run once it is final, blocking on the store (no polling) for at most

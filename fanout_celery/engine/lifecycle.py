@@ -156,7 +156,8 @@ class Lifecycle:
         info = cancelled_info(reason)
         outcome = self.store.cancel(run_id, now=now_ms(),
                                     retention_ms=self.settings.retention_ms,
-                                    error=dumps(info))
+                                    error=dumps(info),
+                                    archive=self.settings.history_sink is not None)
         if outcome == "cancelled":
             raw, steps = self.store.load_runs([run_id])[0]
             # A parked wait_for_event's waiter is removed only when it resolves or times

@@ -15,6 +15,7 @@ from ..model.events import now_ms
 from ..model.settings import Settings
 from ..store.port import Store
 from .admission import Admission
+from .archive import Archiver
 from .dispatcher import Dispatcher
 from .router import Router
 
@@ -25,7 +26,8 @@ class Pump:
     """The pump's work, one round at a time."""
 
     def __init__(self, store: Store, dispatcher: Dispatcher, admission: Admission,
-                 router: Router, settings: Settings) -> None:
+                 router: Router, settings: Settings, archiver: Archiver | None = None) -> None:
+        self.archiver = archiver
         self.store = store
         self.dispatcher = dispatcher
         self.admission = admission
@@ -43,7 +45,14 @@ class Pump:
         expired = self.store.expire_leases(now, deadline, limit)
         if expired:
             logger.info("pump: %d run(s) lost their worker; resuming them", len(expired))
-        return self.dispatcher.enqueue(list(dict.fromkeys([*woken, *run_ids, *expired])))
+        sent = self.dispatcher.enqueue(list(dict.fromkeys([*woken, *run_ids, *expired])))
+        if self.archiver is not None:
+            try:
+                self.archiver.round()
+            except Exception:  # the sink's failure: its runs are offered again later
+                logger.warning("pump: the history sink refused runs; retrying in a minute",
+                               exc_info=True)
+        return sent
 
     def pause(self, interval: float) -> float:
         """Seconds to wait before the next round: until the earliest timer is due, at most

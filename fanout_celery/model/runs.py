@@ -90,6 +90,8 @@ class Run:
     steps_until: datetime | None = None
     # A branch run of a parallel group: its parent run (shown inside it).
     branch_of: str | None = None
+    # Read from the history sink: the run expired from Redis (fanout_history_sink).
+    archived: bool = False
 
     @property
     def steps_expired(self) -> bool:

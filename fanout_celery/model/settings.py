@@ -53,6 +53,12 @@ def _seconds(name: str, value: Any) -> float:
     return float(value)
 
 
+def _sink(name: str, value: Any) -> Any:
+    from .history import coerce_sink
+
+    return coerce_sink(value, f"fanout_{name}")
+
+
 def _optional_seconds(name: str, value: Any) -> float | None:
     return None if value is None else _seconds(name, value)
 
@@ -165,6 +171,9 @@ SPEC: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     # A function with checkpoints="buffered" writes its buffered step.run checkpoints at
     # the latest after this many steps, or once the oldest is this old when a step starts.
     "checkpoint_buffer_steps": (50, _positive_int),
+    # Where every finished run goes before it expires (model/history.py): an object with
+    # write(runs), a callable, or "package.module:name". None: nowhere.
+    "history_sink": (None, _sink),
     "checkpoint_buffer_ms": (1000, _positive_int),
 }
 
@@ -206,6 +215,7 @@ class Settings:
     pump: bool = True
     checkpoint_buffer_steps: int = 50
     checkpoint_buffer_ms: int = 1000
+    history_sink: Any = None
     # Not a fanout_ setting: the Celery app's own (timezone, enable_utc), the zone of
     # cron expressions without a TZ= prefix.
     timezone: str = "UTC"

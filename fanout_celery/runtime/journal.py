@@ -87,7 +87,8 @@ class Journal:
         self.store.finish(self.run_id, self.token, status,
                           {"ended_at": str(now), **fields, **expiry},
                           retention_ms=s.retention_ms, steps=steps or (),
-                          steps_retention_ms=s.output_retention_ms)
+                          steps_retention_ms=s.output_retention_ms,
+                          archive_at=now if s.history_sink is not None else 0)
 
     def load_steps(self) -> dict[str, str]:
         return self.store.load_steps(self.run_id)

@@ -140,10 +140,11 @@ class Store(Protocol):
 
     def finish(self, run_id: str, token: str, status: str, fields: dict[str, str], *,
                retention_ms: int, steps: Sequence[tuple[str, str]] = (),
-               steps_retention_ms: int | None = None) -> None:
+               steps_retention_ms: int | None = None, archive_at: int = 0) -> None:
         """Mark the run final, release its lease and expire it after the retention (its
         step records after ``steps_retention_ms``, when shorter); ``steps`` (buffered
-        checkpoints) are written first, in the same write."""
+        checkpoints) are written first, in the same write. ``archive_at`` (ms, 0: none):
+        queue the run for the history sink, in the same write."""
 
     def renew(self, leases: Sequence[tuple[str, str]], lease_exp: int) -> list[bool]:
         """Renew the leases ``(run_id, token)`` still held; returns which were."""
@@ -169,9 +170,10 @@ class Store(Protocol):
         """Record a branch result in the parent; when every branch has one, mark the
         group ``joined`` and wake the parent if parked."""
 
-    def cancel(self, run_id: str, *, now: int, retention_ms: int,
-               error: str) -> Literal["cancelled", "requested", "final", "missing"]:
-        """Cancel a queued or parked run at once; flag an executing one."""
+    def cancel(self, run_id: str, *, now: int, retention_ms: int, error: str,
+               archive: bool = False) -> Literal["cancelled", "requested", "final", "missing"]:
+        """Cancel a queued or parked run at once; flag an executing one. ``archive``: a
+        run cancelled at once is queued for the history sink (``claim_archive``)."""
 
     def drop_waiters(self, entries: Sequence[WaiterRef]) -> None:
         """Remove step waiters."""
@@ -200,6 +202,13 @@ class Store(Protocol):
 
     def timer_announcements(self) -> TimerAnnouncements:
         """A listener for ``announce_timer`` (one per pump thread)."""
+
+    def claim_archive(self, now: int, deadline: int, limit: int) -> list[str]:
+        """Finished runs queued for the history sink, oldest first (moved to
+        ``deadline``: a pump that dies before handing them over is covered)."""
+
+    def drop_archive(self, run_ids: Sequence[str]) -> None:
+        """Forget runs the history sink received."""
 
     def next_due(self) -> int | None:
         """When the earliest timer is due (ms), or None without timers: the pump sleeps

@@ -359,6 +359,24 @@ def test_checkpoint_many_and_finish_write_buffered_step_records_in_order(
     assert "d" not in store.load_steps(run.run_id)
 
 
+def test_finished_and_cancelled_runs_are_queued_for_the_history_sink(store: Store) -> None:
+    done, parked, plain = create(store, event(1), event(2), event(3))
+    t = now()
+    started(store, done.run_id)
+    store.finish(done.run_id, "t1", "completed", {}, retention_ms=DAY, archive_at=t - 10)
+    started(store, parked.run_id)
+    store.park(parked.run_id, "t1", "sleeping", wake_at=t + 60_000)
+    assert store.cancel(parked.run_id, now=t, retention_ms=DAY, error="{}",
+                        archive=True) == "cancelled"
+    started(store, plain.run_id)
+    store.finish(plain.run_id, "t1", "completed", {}, retention_ms=DAY)  # no sink: not queued
+    assert store.claim_archive(t + 1, t + 60_000, 10) == [done.run_id, parked.run_id]
+    assert store.claim_archive(t + 1, t + 60_000, 10) == []  # claimed: covered until then
+    assert store.claim_archive(t + 60_001, t + 120_000, 10) == [done.run_id, parked.run_id]
+    store.drop_archive([done.run_id, parked.run_id])
+    assert store.claim_archive(t + 10**9, t + 10**9, 10) == []
+
+
 def test_renew_extends_only_leases_still_held(store: Store) -> None:
     [a, b] = create(store, event(1), event(2))
     started(store, a.run_id)

@@ -238,8 +238,10 @@ class MemoryStore(MemoryQueries, MemoryFlow, MemoryTimers):
 
     def finish(self, run_id: str, token: str, status: str, fields: dict[str, str], *,
                retention_ms: int, steps: Sequence[tuple[str, str]] = (),
-               steps_retention_ms: int | None = None) -> None:
+               steps_retention_ms: int | None = None, archive_at: int = 0) -> None:
         with self._lock:
+            if archive_at:
+                self._z("archive")[run_id] = archive_at
             run = self._holds(run_id, token)
             self.steps.setdefault(run_id, {}).update(steps)
             run["status"] = status
@@ -306,8 +308,8 @@ class MemoryStore(MemoryQueries, MemoryFlow, MemoryTimers):
                 return Resolution("none")
             return self._wake(parent, run, deadline)
 
-    def cancel(self, run_id: str, *, now: int, retention_ms: int,
-               error: str) -> Literal["cancelled", "requested", "final", "missing"]:
+    def cancel(self, run_id: str, *, now: int, retention_ms: int, error: str,
+               archive: bool = False) -> Literal["cancelled", "requested", "final", "missing"]:
         with self._lock:
             run = self._run(run_id)
             if run is None:
@@ -324,6 +326,8 @@ class MemoryStore(MemoryQueries, MemoryFlow, MemoryTimers):
             for index in ("timers", "dispatch"):
                 self._z(index).pop(run_id, None)
             self.expires[run_id] = now + retention_ms
+            if archive:
+                self._z("archive")[run_id] = now
             self._finished.notify_all()
             return "cancelled"
 

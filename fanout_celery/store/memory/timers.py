@@ -74,6 +74,15 @@ class MemoryTimers(MemoryBase):
     def timer_announcements(self) -> MemoryAnnouncements:
         return MemoryAnnouncements(self)
 
+    def claim_archive(self, now: int, deadline: int, limit: int) -> list[str]:
+        with self._lock:
+            return self._claim("archive", now, deadline, limit)
+
+    def drop_archive(self, run_ids: Sequence[str]) -> None:
+        with self._lock:
+            for run_id in run_ids:
+                self._z("archive").pop(run_id, None)
+
     def next_due(self) -> int | None:
         with self._lock:
             timers = self._z("timers")

@@ -171,6 +171,10 @@ class Keys:
             return self._in(shard, f"event:{event_id}:runs")
         return f"{self.prefix}:event:{event_id}:runs"
 
+    def archive(self, shard: int = 0) -> str:
+        """Zset: finished runs not yet handed to the history sink, scored by their end."""
+        return self._in(shard, "archive") if self.shards else f"{self.prefix}:archive"
+
     def events(self, shard: int = 0) -> str:
         """Zset: event id -> time stored (ms), every event kept for the retention period
         (the events of that shard)."""

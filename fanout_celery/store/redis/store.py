@@ -168,14 +168,14 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
 
     def finish(self, run_id: str, token: str, status: str, fields: dict[str, str], *,
                retention_ms: int, steps: Sequence[tuple[str, str]] = (),
-               steps_retention_ms: int | None = None) -> None:
+               steps_retention_ms: int | None = None, archive_at: int = 0) -> None:
         k = self.keys
         shard = k.shard_of(run_id)
         code = self.scripts.finish(
             self.client, [k.run(run_id), k.steps(run_id), k.leases(shard), k.timers(shard),
-                          k.done(run_id)],
+                          k.done(run_id), k.archive(shard)],
             [run_id, token, status, retention_ms,
-             min(retention_ms, steps_retention_ms or retention_ms), len(steps),
+             min(retention_ms, steps_retention_ms or retention_ms), archive_at, len(steps),
              *(part for pair in steps for part in pair), *flat(fields)])
         fenced(code, run_id, "while finishing")
 
@@ -209,14 +209,14 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
                                 [parent, group, branch, record, branches, joined, deadline])
         return resolution(raw)
 
-    def cancel(self, run_id: str, *, now: int, retention_ms: int,
-               error: str) -> Literal["cancelled", "requested", "final", "missing"]:
+    def cancel(self, run_id: str, *, now: int, retention_ms: int, error: str,
+               archive: bool = False) -> Literal["cancelled", "requested", "final", "missing"]:
         k = self.keys
         shard = k.shard_of(run_id)
         outcome = str(self.scripts.cancel(
             self.client, [k.run(run_id), k.steps(run_id), k.timers(shard), k.leases(shard),
-                          k.dispatch(shard), k.done(run_id)],
-            [run_id, now, retention_ms, error]))
+                          k.dispatch(shard), k.done(run_id), k.archive(shard)],
+            [run_id, now, retention_ms, error, int(archive)]))
         assert outcome in ("cancelled", "requested", "final", "missing")
         return outcome  # type: ignore[return-value]
 

@@ -91,6 +91,23 @@ class TimerOps(RedisBase):
                      for i in range(0, len(pairs), 2))
         return list(dict.fromkeys(rid for _, rid in due))
 
+    def claim_archive(self, now: int, deadline: int, limit: int) -> list[str]:
+        k = self.keys
+        pipe = self.pipeline()
+        for shard in k.all_shards:
+            self.scripts.claim.queue(pipe, [k.archive(shard)], [now, deadline, limit])
+        found = execute(pipe, self.scripts, self.client)
+        due = sorted((int(float(pairs[i + 1])), pairs[i]) for pairs in found
+                     for i in range(0, len(pairs), 2))
+        return [rid for _, rid in due][:limit]
+
+    def drop_archive(self, run_ids: Sequence[str]) -> None:
+        if run_ids:
+            pipe = self.pipeline()
+            for shard, ids in self.by_shard(run_ids).items():
+                pipe.zrem(self.keys.archive(shard), *ids)
+            pipe.execute()
+
     def next_due(self) -> int | None:
         k = self.keys
         pipe = self.pipeline()
