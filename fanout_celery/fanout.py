@@ -80,6 +80,7 @@ class Fanout:
         self._engine: Engine | None = None
         self._services: Services | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._failure_hooks: list[Callable[[Run], Any]] = []
         app.steps["worker"].add(PumpStep)
         add_worker_option(app)
         host.bind(app, self)
@@ -340,6 +341,45 @@ class Fanout:
         return self.engine.lifecycle.cancel_runs(
             sub.function_id, None if started_after is None else instant_ms(started_after),
             None if started_before is None else instant_ms(started_before))
+
+    def failed_runs(self, function: Function | str, since: datetime | None = None,
+                    until: datetime | None = None, limit: int = 100_000) -> list[str]:
+        """Ids of the failed runs of ``function`` created in the range, newest first."""
+        sub = self._subscription(function)
+        return self.engine.history.matching_ids(
+            sub.function_id, "failed", None if since is None else instant_ms(since),
+            None if until is None else instant_ms(until), limit)
+
+    def rerun_failed(self, function: Function | str, since: datetime | None = None,
+                     until: datetime | None = None, *, dry_run: bool = False) -> list[str]:
+        """Rerun every failed run of ``function`` created in the range, each from the step
+        that failed (the steps before it are reused). Returns the new runs' ids, or with
+        ``dry_run`` the failed runs that would be rerun (nothing is written)."""
+        failed = self.failed_runs(function, since, until)
+        if dry_run:
+            return failed
+        return self.engine.history.rerun_many(list(reversed(failed)))  # oldest first
+
+    def on_any_failure(self, hook: Callable[[Run], Any]) -> Callable[[Run], Any]:
+        """Call ``hook(run)`` in the worker whenever a run of any function of this app
+        fails (one place for alerting); a decorator. Its errors are logged, never raised
+        into the run."""
+        self._failure_hooks.append(hook)
+        return hook
+
+    def run_failed(self, run_id: str) -> None:
+        """The worker's call when a run failed: each ``on_any_failure`` hook, with the
+        run (a hook's error is logged, the others still run)."""
+        if not self._failure_hooks:
+            return
+        run = self.get_run(run_id)
+        if run is None:
+            return
+        for hook in list(self._failure_hooks):
+            try:
+                hook(run)
+            except Exception:
+                logger.exception("fanout: the failure hook %r raised for run %s", hook, run_id)
 
     # -- from async code ------------------------------------------------------------
     # The writes (asend, ainvoke, acancel) run the same code as their sync versions, in

@@ -277,21 +277,40 @@ def replay_cmd(ctx: click.Context, event_id: str | None, name: str | None,
 
 
 @fanout.command(name="rerun")
-@click.argument("run_id")
+@click.argument("run_id", required=False)
 @click.option("--from-step", help="re-execute from this step on (default: the first step "
               "that did not complete)")
+@click.option("--failed", "function_id", metavar="FUNCTION",
+              help="rerun every failed run of this function (with --since), each from the "
+                   "step that failed")
+@click.option("--since", help="with --failed: runs created after this")
+@click.option("--dry-run", is_flag=True, help="with --failed: count and list, start nothing")
 @click.pass_context
-def rerun_cmd(ctx: click.Context, run_id: str, from_step: str | None) -> None:
+def rerun_cmd(ctx: click.Context, run_id: str | None, from_step: str | None,
+              function_id: str | None, since: str | None, dry_run: bool) -> None:
     """Start a new run of the same function and event, reusing the recorded outputs of
-    the steps before --from-step.
+    the steps before --from-step; or rerun a function's failed runs in bulk.
 
     \b
-    Example:
+    Examples:
         celery -A proj fanout rerun 1f3a9c0e5b7d4e21a8c6f0b2d4e6a8c0 --from-step email-user
+        celery -A proj fanout rerun --failed send-email --since 2h --dry-run
     """
     fo = _fanout(ctx)
     try:
-        click.echo(fo.rerun(_run_id(fo, run_id), from_step))
+        if run_id:
+            click.echo(fo.rerun(_run_id(fo, run_id), from_step))
+        elif function_id:
+            chosen = fo.rerun_failed(function_id, since=_when(since), dry_run=True)
+            if dry_run:
+                click.echo(f"{len(chosen)} failed run(s) of {function_id} would be rerun")
+                for rid in chosen:
+                    click.echo(rid)
+                return
+            for new_id in fo.rerun_failed(function_id, since=_when(since)):
+                click.echo(new_id)
+        else:
+            raise click.UsageError("give a RUN_ID or --failed FUNCTION")
     except FanoutError as exc:
         _fail(exc)
 
@@ -300,9 +319,10 @@ def rerun_cmd(ctx: click.Context, run_id: str, from_step: str | None) -> None:
 @click.argument("run_id", required=False)
 @click.option("--function", "function_id", help="cancel this function's runs (with --since)")
 @click.option("--since", help="with --function: runs created after this")
+@click.option("--dry-run", is_flag=True, help="with --function: count, cancel nothing")
 @click.pass_context
 def cancel_cmd(ctx: click.Context, run_id: str | None, function_id: str | None,
-               since: str | None) -> None:
+               since: str | None, dry_run: bool) -> None:
     """Cancel a run, or a function's runs created since a time.
 
     \b
@@ -320,6 +340,12 @@ def cancel_cmd(ctx: click.Context, run_id: str | None, function_id: str | None,
             click.echo(f"{run_id}: {outcome}")
         elif function_id:
             after = _when(since)
+            if dry_run:
+                active = [r for r in fo.list_runs(function=function_id, since=after,
+                                                  limit=100_000).runs if not r.finished]
+                click.echo(f"{len(active)} run(s) of {function_id} in flight would be "
+                           "cancelled")
+                return
             click.echo(f"cancelled {fo.cancel_runs(function_id, started_after=after)} run(s)")
         else:
             raise click.UsageError("give a RUN_ID or --function")

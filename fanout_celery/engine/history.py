@@ -198,6 +198,16 @@ class History:
                  for e in events]
         return self.sender.send(fresh) if fresh else []
 
+    def matching_ids(self, function: str, status: str | None, since_ms: int | None,
+                     until_ms: int | None = None, limit: int = 100_000) -> list[str]:
+        """Ids of the function's runs in the time range with ``status``, newest first."""
+        return self._matching([function], status, since_ms, until_ms, limit)
+
+    def rerun_many(self, run_ids: list[str]) -> list[str]:
+        """Rerun each finished run from its first step that did not complete (for a
+        failed run, the step that failed); returns the new runs' ids."""
+        return [self.rerun(run_id) for run_id in run_ids]
+
     def resolve_id(self, text: str, recent: int = 2000) -> str:
         """A run id from ``text``: a whole id, or the prefix of one (the 12 characters the
         CLI and the dashboard print) among the ``recent`` newest runs of each function;

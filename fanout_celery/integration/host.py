@@ -28,6 +28,9 @@ class Host(Protocol):
 
     def check_redis(self) -> list[str]: ...
 
+    def run_failed(self, run_id: str) -> None:
+        """A run failed in this worker: the app-wide failure hooks (``on_any_failure``)."""
+
 
 _HOSTS: weakref.WeakKeyDictionary[Any, Host] = weakref.WeakKeyDictionary()
 

@@ -139,6 +139,7 @@ class Function(Task):  # type: ignore[misc]
         if status == "failed":
             error = outcome.error
             signals.run_failed.send(sender=fid, run_id=run_id, exception=error)
+            self.fanout.run_failed(run_id)
             if isinstance(error, StepError) and isinstance(error.__cause__, Exception):
                 raise error.__cause__  # the step's own exception, raised in this attempt
             if isinstance(error, Exception):
