@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -19,12 +18,8 @@ from celery import Celery
 
 from .engine import Engine
 from .engine.history import RunPage
-from .errors import (
-    ConfigurationError,
-    DuplicateFunctionError,
-    UnknownFunctionError,
-)
-from .integration import beat, host, signals
+from .errors import ConfigurationError, DuplicateFunctionError, UnknownFunctionError
+from .integration import beat, checks, host, signals
 from .integration.bootsteps import PumpStep, add_worker_option
 from .integration.publisher import CeleryBroker
 from .integration.task import Function, register
@@ -42,8 +37,6 @@ from .model.typed import EventType
 from .runtime import LeaseKeeper, Services
 from .store.port import Store
 from .store.redis import RedisStore
-
-logger = logging.getLogger("fanout")
 
 T = TypeVar("T")
 
@@ -127,7 +120,8 @@ class Fanout:
                 leases=LeaseKeeper(engine.store, self.settings), settings=self.settings,
                 middleware=self.middleware, event_types=self.event_types,
                 on_start=lambda run_id, fid, n: signals.run_started.send(
-                    sender=fid, run_id=run_id, executions=n))
+                    sender=fid, run_id=run_id, executions=n),
+                paused=engine.pauses.mode)
         return self._services
 
     def reload_settings(self) -> None:
@@ -145,23 +139,7 @@ class Fanout:
     def check_redis(self) -> list[str]:
         """Problems with the Redis that holds run state, as messages (also logged):
         an eviction policy that may drop live run keys, an app accepting pickle."""
-        problems = []
-        policy = self.store.server_info().get("maxmemory_policy", "")
-        if policy.startswith("allkeys"):
-            problems.append(
-                f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis may evict "
-                "the keys of live runs and lose them; use 'noeviction' (or 'volatile-*', "
-                "which only evicts finished runs and old events)")
-        accept = {str(c).lower() for c in (self.app.conf.accept_content or [])}
-        if accept & {"pickle", "application/x-python-serialize", "yaml",
-                     "application/x-yaml"}:
-            problems.append(
-                "accept_content allows pickle or yaml: workers decode such messages before "
-                "any task sees them; fanout functions refuse non-JSON messages, but keep "
-                "accept_content=['json'] so nothing untrusted is unpickled")
-        for problem in problems:
-            logger.warning("fanout: %s", problem)
-        return problems
+        return checks.check_redis(self.app, self.store)
 
     # -- declaring --------------------------------------------------------------------
     def function(self, id: str, *, event: Any = None,
@@ -342,51 +320,46 @@ class Fanout:
             sub.function_id, None if started_after is None else instant_ms(started_after),
             None if started_before is None else instant_ms(started_before))
 
+    def pause(self, function: Function | str, mode: str = "hold") -> None:
+        """Pause ``function``: no run of it starts, runs under way stop at their next step
+        boundary; ``mode`` "hold" keeps the runs for ``resume``, "skip" skips new ones."""
+        self.engine.pauses.pause(self._subscription(function).function_id, mode)
+
+    def resume(self, function: Function | str) -> int:
+        """Resume a paused function; its held runs go on. Returns how many."""
+        return self.engine.pauses.resume(self._subscription(function).function_id)
+
+    def paused(self) -> dict[str, str]:
+        """The paused functions, and how ("hold" or "skip")."""
+        return self.engine.store.paused()
+
     def failed_runs(self, function: Function | str, since: datetime | None = None,
-                    until: datetime | None = None, limit: int = 100_000) -> list[str]:
+                    until: datetime | None = None) -> list[str]:
         """Ids of the failed runs of ``function`` created in the range, newest first."""
-        sub = self._subscription(function)
-        return self.engine.history.matching_ids(
-            sub.function_id, "failed", None if since is None else instant_ms(since),
-            None if until is None else instant_ms(until), limit)
+        return self.engine.history.failed(
+            self._subscription(function).function_id,
+            None if since is None else instant_ms(since),
+            None if until is None else instant_ms(until))
 
     def rerun_failed(self, function: Function | str, since: datetime | None = None,
                      until: datetime | None = None, *, dry_run: bool = False) -> list[str]:
-        """Rerun every failed run of ``function`` created in the range, each from the step
-        that failed (the steps before it are reused). Returns the new runs' ids, or with
-        ``dry_run`` the failed runs that would be rerun (nothing is written)."""
+        """Rerun the failed runs of ``function`` created in the range, each from its failed
+        step; returns the new ids (with ``dry_run``, the failed runs: nothing is written)."""
         failed = self.failed_runs(function, since, until)
-        if dry_run:
-            return failed
-        return self.engine.history.rerun_many(list(reversed(failed)))  # oldest first
+        return failed if dry_run else self.engine.history.rerun_many(failed[::-1])
 
     def on_any_failure(self, hook: Callable[[Run], Any]) -> Callable[[Run], Any]:
-        """Call ``hook(run)`` in the worker whenever a run of any function of this app
-        fails (one place for alerting); a decorator. Its errors are logged, never raised
-        into the run."""
+        """A decorator: ``hook(run)`` runs in the worker for every failed run of any
+        function of this app (its errors are logged, never raised into the run)."""
         self._failure_hooks.append(hook)
         return hook
 
     def run_failed(self, run_id: str) -> None:
-        """The worker's call when a run failed: each ``on_any_failure`` hook, with the
-        run (a hook's error is logged, the others still run)."""
-        if not self._failure_hooks:
-            return
-        run = self.get_run(run_id)
-        if run is None:
-            return
-        for hook in list(self._failure_hooks):
-            try:
-                hook(run)
-            except Exception:
-                logger.exception("fanout: the failure hook %r raised for run %s", hook, run_id)
+        """The worker's call when a run failed: the ``on_any_failure`` hooks."""
+        self.engine.history.run_failed(run_id, self._failure_hooks)
 
-    # -- from async code ------------------------------------------------------------
-    # The writes (asend, ainvoke, acancel) run the same code as their sync versions, in
-    # a thread of this Fanout's own: the same validation (a bad event raises before
-    # anything is written), the same guarantees, and a broker publish (kombu's, which is
-    # synchronous) that never holds the event loop. The reads and the wait are awaited on
-    # redis.asyncio: a thousand pending await_run calls hold no thread.
+    # -- from async code: writes run their sync code in a thread of this Fanout's own
+    # (kombu's publish is synchronous); reads and waits are awaited on redis.asyncio.
     async def asend(self, events: Any) -> list[str]:
         """``send``, awaited: the event loop runs on while Redis or the broker is slow."""
         return await self._in_thread(self.send, events)

@@ -45,7 +45,7 @@ def test_the_demo_emails_everyone_but_the_invalid_address_and_exits_0(redis_url,
     assert len(re.findall(r"weekly-activity-send-email  \w{12}  failed", out)) == 1
     assert "step email-user  [completed, 2 attempts" in out
     # The send window is already open in the demo: every email run passes it at once.
-    assert len(re.findall(r"step wait-for-send-window  \[completed, 1 attempt", out)) == USERS
+    assert len(re.findall(r"step wait-for-send-window  \[completed, sleep, ", out)) == USERS
     assert "emails in the outbox:       11 (to 11 users, at most once each: yes)" in out
     assert f"failed run:                 user {INVALID_USER} <not-an-email>: " \
            "NonRetriableError at step email-user" in out

@@ -141,6 +141,7 @@ def functions_view(fanout: Fanout) -> list[dict[str, Any]]:
     last hour and day."""
     now = datetime.now(UTC)
     schedules = {s["function_id"]: s for s in fanout.schedules(1)}
+    paused = fanout.paused()
     out = []
     for fid, sub in sorted(fanout.engine.router.all().items()):
         counts: dict[str, dict[str, int]] = {"hour": {}, "day": {}}
@@ -153,6 +154,7 @@ def functions_view(fanout: Fanout) -> list[dict[str, Any]]:
                     counts[window][run.status] = counts[window].get(run.status, 0) + 1
         next_fire = schedules.get(fid, {}).get("next", [None])
         out.append({"id": fid, "events": list(sub.events), "crons": list(sub.crons),
+                    "paused": paused.get(fid),
                     "flow": sub.flow or {}, "next": next_fire[0] if next_fire else None,
                     "counts": counts, "capped": page.more})
     return out

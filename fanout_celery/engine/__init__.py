@@ -17,6 +17,7 @@ from .cron import CronScheduler
 from .dispatcher import Dispatcher
 from .effects import EngineEffects
 from .history import History
+from .pauses import Pauses
 from .ports import Broker
 from .pump import Pump
 from .router import Router
@@ -42,7 +43,9 @@ class Engine:
             Archiver(store, settings.history_sink)
         self.pump = Pump(store, self.dispatcher, self.admission, self.router, settings,
                          archiver=self.archiver)
-        self.cron = CronScheduler(store, self.router, self.dispatcher, settings)
+        self.pauses = Pauses(store, self.dispatcher, self.router)
+        self.pump.pauses = self.pauses
+        self.cron = CronScheduler(store, self.router, self.dispatcher, settings, self.pauses)
         self.history = History(store, self.router, self.sender, broker, settings)
 
 

@@ -17,6 +17,7 @@ from ..model.events import SCHEDULED_TIMER, derived_id, now_ms, prepare
 from ..model.settings import Settings
 from ..store.port import Store
 from .dispatcher import Dispatcher
+from .pauses import Pauses
 from .router import Router
 
 
@@ -47,19 +48,24 @@ class CronScheduler:
     """Fires due cron slots from the store's per-function marks."""
 
     def __init__(self, store: Store, router: Router, dispatcher: Dispatcher,
-                 settings: Settings) -> None:
+                 settings: Settings, pauses: Pauses | None = None) -> None:
         self.store = store
         self.router = router
         self.dispatcher = dispatcher
         self.settings = settings
+        self.pauses = pauses
 
     def fire_due(self, now: int | None = None, only: str | None = None) -> int:
         """Fire every due slot of every published cron function (``only``: of that
         function); returns runs started."""
         now = now_ms() if now is None else now
         zone = self.settings.timezone
+        # A paused function fires nothing and keeps its mark: on resume, its missed-slot
+        # policy decides what the slots it missed meanwhile become.
+        paused = self.pauses.all() if self.pauses is not None else {}
         subs = [s for s in self.router.all().values()
-                if s.crons and (only is None or s.function_id == only)]
+                if s.crons and (only is None or s.function_id == only)
+                and s.function_id not in paused]
         if not subs:
             return 0
         marks = self.store.cron_marks([s.function_id for s in subs])

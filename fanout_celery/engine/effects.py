@@ -32,6 +32,9 @@ class EngineEffects:
                       start: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         return self.sender.stream(events, ctx=ctx, id_for=id_for, start=start)
 
+    def hold(self, function_id: str, run_id: str) -> None:
+        self.dispatcher.store.hold(function_id, run_id)
+
     def send_events(self, records: Sequence[dict[str, Any]], *,
                     parent: tuple[str, str]) -> None:
         self.dispatcher.dispatch(records, parent=parent)

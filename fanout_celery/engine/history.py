@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,8 @@ from ..store.port import Store
 from .ports import Broker
 from .router import Router
 from .sending import Sender
+
+logger = logging.getLogger("fanout")
 
 
 class RerunError(FanoutError, ValueError):
@@ -198,10 +201,22 @@ class History:
                  for e in events]
         return self.sender.send(fresh) if fresh else []
 
-    def matching_ids(self, function: str, status: str | None, since_ms: int | None,
-                     until_ms: int | None = None, limit: int = 100_000) -> list[str]:
-        """Ids of the function's runs in the time range with ``status``, newest first."""
-        return self._matching([function], status, since_ms, until_ms, limit)
+    def failed(self, function: str, since_ms: int | None, until_ms: int | None,
+               limit: int = 100_000) -> list[str]:
+        """Ids of the function's failed runs in the time range, newest first."""
+        return self._matching([function], "failed", since_ms, until_ms, limit)
+
+    def run_failed(self, run_id: str, hooks: list[Callable[[Run], Any]]) -> None:
+        """Each app-wide failure hook with the failed run (a hook's error is logged; the
+        others still run)."""
+        run = self.get_run(run_id) if hooks else None
+        if run is None:
+            return
+        for hook in list(hooks):
+            try:
+                hook(run)
+            except Exception:
+                logger.exception("fanout: the failure hook %r raised for run %s", hook, run_id)
 
     def rerun_many(self, run_ids: list[str]) -> list[str]:
         """Rerun each finished run from its first step that did not complete (for a

@@ -17,6 +17,7 @@ from ..store.port import Store
 from .admission import Admission
 from .archive import Archiver
 from .dispatcher import Dispatcher
+from .pauses import Pauses
 from .router import Router
 
 logger = logging.getLogger("fanout.pump")
@@ -28,6 +29,7 @@ class Pump:
     def __init__(self, store: Store, dispatcher: Dispatcher, admission: Admission,
                  router: Router, settings: Settings, archiver: Archiver | None = None) -> None:
         self.archiver = archiver
+        self.pauses: Pauses | None = None
         self.store = store
         self.dispatcher = dispatcher
         self.admission = admission
@@ -68,5 +70,7 @@ class Pump:
         relearns them) and forget history entries older than the retention."""
         if self.router.local:
             self.router.publish()
+        if self.pauses is not None:
+            self.pauses.sweep()
         cutoff = now_ms() - self.settings.retention_ms
         self.store.trim_history(list(self.router.all()), cutoff)

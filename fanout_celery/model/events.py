@@ -178,11 +178,11 @@ STREAM_CHUNK = 500
 
 
 def is_stream(events: Any) -> bool:
-    """Whether ``events`` is a stream (any iterable but one event, a list or a tuple):
-    sent chunk by chunk, without holding it all."""
-    if isinstance(events, (Event, dict, list, tuple, str, bytes, bytearray)):
-        return False
-    return hasattr(events, "__iter__")
+    """Whether ``events`` is a stream: an iterator (a generator, ``map``, a database
+    cursor, ``iter(queryset)``), sent chunk by chunk without holding it all. Collections
+    that are not ordered sequences (a set) are not: a replayed ``send_event`` must see
+    its events in the same order, their ids being derived from their index."""
+    return isinstance(events, Iterator) and not isinstance(events, (str, bytes))
 
 
 def chunks(events: Any, start: int = 0) -> Iterator[tuple[int, list[Any]]]:

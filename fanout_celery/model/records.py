@@ -20,9 +20,10 @@ from .definition import Subscription
 from .events import derived_id
 from .patterns import resolve_path
 
-STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled",
-            "skipped")
+STATUSES = ("queued", "running", "sleeping", "waiting", "paused", "completed", "failed",
+            "cancelled", "skipped")
 # "skipped": created but never run, by a rate limit, a singleton or an idempotency key.
+# "paused": held while its function is paused (fanout.pause); fanout.resume publishes it.
 FINAL = frozenset({"completed", "failed", "cancelled", "skipped"})
 STEP_STATUSES = ("completed", "failed", "retrying", "sleeping", "waiting", "invoking",
                  "parallel", "joined")

@@ -3,6 +3,7 @@ execute one attempt, release what it held. And the thread that keeps leases aliv
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -112,6 +113,9 @@ def run_attempt(services: Services, function: FunctionDef, run_id: str,
             logger.warning("run %s: no such run (expired or never created)", run_id)
         return Outcome(started.reason)
     run = started.run
+    mode = services.paused(function.function_id)
+    if mode is not None:
+        return _paused(services, function, run_id, token, run, started.steps, mode, slots)
     buffer = FlowKey.loads(run.get("buffer") or "")
     if buffer is not None:  # a debounced or batched run: later events open a new one
         store.close_buffer(buffer, run_id)
@@ -158,3 +162,25 @@ def run_attempt(services: Services, function: FunctionDef, run_id: str,
         services.leases.release(run_id)
         if slots and status != "lease-lost":
             services.effects.enqueue_woken(admission.release(run_id, slots))
+
+
+def _paused(services: Services, function: FunctionDef, run_id: str, token: str,
+            run: dict[str, str], steps: dict[str, str], mode: str,
+            slots: list[SlotSet]) -> Outcome:
+    """The function is paused: hold the run for the resume (or, paused with "skip", end a
+    run that never started as skipped)."""
+    store = services.store
+    try:
+        if mode == "skip" and int(run.get("executions", 1)) <= 1 and not steps:
+            now = services.clock()
+            store.finish(run_id, token, "skipped",
+                         {"ended_at": str(now), "error": json.dumps(
+                             {"type": "Skipped", "message": "the function is paused (skip)"})},
+                         retention_ms=services.settings.retention_ms)
+            return Outcome("skipped")
+        services.effects.hold(function.function_id, run_id)  # first: a crash here resumes
+        store.park(run_id, token, "paused", wake_at=None)
+        return Outcome("paused")
+    finally:
+        if slots:
+            services.effects.enqueue_woken(services.admission.release(run_id, slots))

@@ -128,8 +128,19 @@ class StepCore:
         park): buffered checkpoints are written first."""
         key = self.key(step_id)
         record = self.recorded(key, (kind,))
+        if record is None:
+            self.stop_if_paused()
         self.state.flush()
         return key, record
+
+    def stop_if_paused(self) -> None:
+        """At a step boundary: if the function was paused, hold the run (its resume
+        publishes it) and park it; it goes on from here."""
+        x = self.state
+        fid = x.function.function_id
+        if x.services.paused(fid) is not None:
+            x.effects.hold(fid, x.run_id)
+            raise Suspend("paused", None)
 
     def seq(self, record: dict[str, Any] | None) -> int:
         return int(record["seq"]) if record else self.state.next_seq()
@@ -184,6 +195,7 @@ class StepCore:
             if int(record.get("retry_at", 0)) > self.state.clock():
                 raise Suspend("queued", int(record["retry_at"]))
         x.replay_done()
+        self.stop_if_paused()
         self.attempt = attempt
         x.flush_if_due()  # buffered checkpoints older than fanout_checkpoint_buffer_ms
         if x.mw:

@@ -59,6 +59,9 @@ class Effects(Protocol):
                     parent: tuple[str, str]) -> None:
         """Send events ``prepare_events`` returned, linked to the sending step."""
 
+    def hold(self, function_id: str, run_id: str) -> None:
+        """Keep a run of a paused function for its resume."""
+
     def start_child(self, sub: Subscription, event: dict[str, Any], *,
                     parent: tuple[str, str], ctx: Any) -> None:
         """Start (once) the child run of an ``invoke`` step."""

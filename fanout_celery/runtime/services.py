@@ -33,3 +33,6 @@ class Services:
     # Told (run id, function id, executions) when an attempt takes a run's lease: the
     # Celery integration fires its run_started signal.
     on_start: Callable[[str, str, int], None] | None = None
+    # How a function is paused ("hold", "skip") or None: read before a run starts and at
+    # each step boundary (cached by the engine; the testing kit never pauses).
+    paused: Callable[[str], str | None] = lambda function_id: None

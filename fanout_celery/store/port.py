@@ -286,6 +286,20 @@ class Store(Protocol):
 
     def load_subscriptions(self) -> dict[str, str]: ...
 
+    # -- pauses -------------------------------------------------------------------------
+    def set_paused(self, function_id: str, mode: str | None) -> None:
+        """Pause a function ("hold": its runs wait for the resume; "skip": new runs are
+        skipped), or resume it (None)."""
+
+    def paused(self) -> dict[str, str]:
+        """The paused functions and how."""
+
+    def hold(self, function_id: str, run_id: str) -> None:
+        """Keep a run of a paused function for its resume (idempotent)."""
+
+    def take_held(self, function_id: str) -> list[str]:
+        """The held runs of a function, forgotten (the resume publishes them)."""
+
     # -- flow control -----------------------------------------------------------------
     def gate(self, run_id: str, *, now: int, slot_exp: int, slots: Sequence[SlotSet],
              throttle: tuple[FlowKey, int, int] | None, queue_score: float) -> Gate:

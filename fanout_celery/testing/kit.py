@@ -173,6 +173,9 @@ class Kit:
                       start: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         return self.sender.stream(events, ctx=ctx, id_for=id_for, start=start)
 
+    def hold(self, function_id: str, run_id: str) -> None:
+        return None  # functions are never paused in-process
+
     def send_events(self, records: Sequence[dict[str, Any]], *,
                     parent: tuple[str, str]) -> None:
         self._dispatched(records, parent=parent)

@@ -29,12 +29,13 @@ app, fanout, r = worker_app("faults_app", fanout_redispatch_seconds=5)
 _finish = Journal.finish
 
 
-def _finish_or_die(self: Journal, status: str, fields: dict[str, str]) -> None:
+def _finish_or_die(self: Journal, status: str, fields: dict[str, str],
+                   steps: list[tuple[str, str]] | None = None) -> None:
     # The worker dies between the park that met the cancel and the finish that records
     # it: a cancelled run must still end cancelled.
     if status == "cancelled" and r.set(FAULT_CRASH, os.getpid(), nx=True):
         os._exit(1)
-    _finish(self, status, fields)
+    _finish(self, status, fields, steps)
 
 
 Journal.finish = _finish_or_die  # type: ignore[method-assign]

@@ -15,7 +15,9 @@ from typing import Any
 
 from .base import worker_app
 
-app, fanout, r = worker_app("stream_app")
+# A child's message that the killed process held (prefork hands tasks to its processes
+# ahead) comes back through the dispatch cover: after 10 s here, not the default 300 s.
+app, fanout, r = worker_app("stream_app", fanout_redispatch_seconds=10)
 
 
 def users(n: int, kill_after: int) -> Iterator[dict[str, Any]]:

@@ -36,6 +36,8 @@ class MemoryBase:
         self._finished = threading.Condition(self._lock)
         self._announced = threading.Condition(self._lock)
         self._listeners: list[Any] = []
+        self.paused_functions: dict[str, str] = {}
+        self.held: dict[str, set[str]] = {}
         self.runs: dict[str, dict[str, str]] = {}   # changing fields
         self.meta: dict[str, dict[str, str]] = {}   # static fields
         self.steps: dict[str, dict[str, str]] = {}

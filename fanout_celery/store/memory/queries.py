@@ -125,6 +125,25 @@ class MemoryQueries(MemoryBase):
         with self._lock:
             self.cron.update(marks)
 
+    def set_paused(self, function_id: str, mode: str | None) -> None:
+        with self._lock:
+            if mode is None:
+                self.paused_functions.pop(function_id, None)
+            else:
+                self.paused_functions[function_id] = mode
+
+    def paused(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self.paused_functions)
+
+    def hold(self, function_id: str, run_id: str) -> None:
+        with self._lock:
+            self.held.setdefault(function_id, set()).add(run_id)
+
+    def take_held(self, function_id: str) -> list[str]:
+        with self._lock:
+            return sorted(self.held.pop(function_id, set()))
+
     def publish_subscriptions(self, subs: dict[str, str]) -> None:
         with self._lock:
             self.subscriptions.update(subs)

@@ -202,6 +202,15 @@ class Keys:
         """Pub/sub channel: wake times of timers set due before a pump's next look."""
         return f"{self.prefix}:pump:timers"
 
+    @property
+    def paused(self) -> str:
+        """Hash: function id -> how it is paused ("hold" or "skip")."""
+        return f"{self.prefix}:paused"
+
+    def held(self, function_id: str) -> str:
+        """Set: runs of a paused function waiting for its resume."""
+        return self._flow(f"held:{function_id}")
+
     # -- by event name (one tag per name on a cluster)
     def _named(self, event_name: str, kind: str, rest: str = "") -> str:
         if self.shards:

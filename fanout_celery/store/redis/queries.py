@@ -194,6 +194,25 @@ class QueryOps(RedisBase):
             mapping: dict[str | bytes, str] = {k: str(v) for k, v in marks.items()}
             self.client.hset(self.keys.cron, mapping=mapping)
 
+    # -- pauses ------------------------------------------------------------------------
+    def set_paused(self, function_id: str, mode: str | None) -> None:
+        if mode is None:
+            self.client.hdel(self.keys.paused, function_id)
+        else:
+            self.client.hset(self.keys.paused, function_id, mode)
+
+    def paused(self) -> dict[str, str]:
+        return dict(self.client.hgetall(self.keys.paused))
+
+    def hold(self, function_id: str, run_id: str) -> None:
+        self.client.sadd(self.keys.held(function_id), run_id)
+
+    def take_held(self, function_id: str) -> list[str]:
+        pipe = self.client.pipeline(transaction=True)  # one key: one slot on a cluster
+        pipe.smembers(self.keys.held(function_id))
+        pipe.delete(self.keys.held(function_id))
+        return sorted(pipe.execute()[0])
+
     def publish_subscriptions(self, subs: dict[str, str]) -> None:
         if subs:
             mapping: dict[str | bytes, str] = dict(subs.items())
