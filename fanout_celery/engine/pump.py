@@ -71,6 +71,10 @@ class Pump:
         if self.router.local:
             self.router.publish()
         if self.pauses is not None:
-            self.pauses.sweep()
+            try:
+                self.pauses.sweep()
+            except Exception:  # never at the cost of the round that follows
+                logger.warning("pump: publishing held runs failed; next time",
+                               exc_info=True)
         cutoff = now_ms() - self.settings.retention_ms
         self.store.trim_history(list(self.router.all()), cutoff)

@@ -377,6 +377,18 @@ def test_finished_and_cancelled_runs_are_queued_for_the_history_sink(store: Stor
     assert store.claim_archive(t + 10**9, t + 10**9, 10) == []
 
 
+def test_pauses_and_held_runs(store: Store) -> None:
+    store.set_paused("f", "hold")
+    store.set_paused("g", "skip")
+    assert store.paused() == {"f": "hold", "g": "skip"}
+    for run_id in ("r2", "r1", "r2"):
+        store.hold("f", run_id)
+    assert store.take_held("f") == ["r1", "r2"]
+    assert store.take_held("f") == []  # taken once
+    store.set_paused("f", None)
+    assert store.paused() == {"g": "skip"}
+
+
 def test_renew_extends_only_leases_still_held(store: Store) -> None:
     [a, b] = create(store, event(1), event(2))
     started(store, a.run_id)

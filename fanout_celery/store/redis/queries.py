@@ -208,10 +208,12 @@ class QueryOps(RedisBase):
         self.client.sadd(self.keys.held(function_id), run_id)
 
     def take_held(self, function_id: str) -> list[str]:
-        pipe = self.client.pipeline(transaction=True)  # one key: one slot on a cluster
-        pipe.smembers(self.keys.held(function_id))
-        pipe.delete(self.keys.held(function_id))
-        return sorted(pipe.execute()[0])
+        # SPOP takes and forgets atomically (no MULTI: a client that waits for replicas
+        # builds no transactions).
+        taken: list[str] = []
+        while batch := self.client.spop(self.keys.held(function_id), 1000):
+            taken += [str(run_id) for run_id in batch]
+        return sorted(taken)
 
     def publish_subscriptions(self, subs: dict[str, str]) -> None:
         if subs:
