@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -30,7 +29,7 @@ from fanout_celery.devtools.embedded import EmbeddedRedis
 from fanout_celery.store.redis import flush_database
 
 from .probes import RedisInfo, machine, masters_of
-from .workers import ROOT, Worker
+from .workers import Worker, run_child
 
 SIDES = ("node", "cluster")
 
@@ -60,12 +59,7 @@ def side_main(side: str, runs: int, events: int, concurrency: int) -> dict[str, 
         # Dispatch: the sender is bench.dispatch, in a process of its own.
         r.delete(IDLE_QUEUE)
         s0 = snapshot(masters)
-        proc = subprocess.run([sys.executable, "-m", "bench.dispatch", "fanout", str(events)],
-                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                              capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            raise RuntimeError(f"the sender failed:\n{proc.stderr[-4000:]}")
-        sent = json.loads(proc.stdout.strip().splitlines()[-1])
+        sent = run_child("bench.dispatch", "fanout", events, timeout=600)
         if sent["queued"] != events:
             raise RuntimeError(f"{sent['queued']} messages on the queue, expected {events}")
         s1 = snapshot(masters)
@@ -147,16 +141,13 @@ def main(argv: list[str] | None = None) -> int:
                 redis.Redis.from_url(broker.url).flushdb()
                 flush_database(urls[side])
                 env = {**os.environ, "BENCH_STATE_URL": urls[side],
-                       "BENCH_BROKER_URL": broker.url, "BENCH_RESULT_URL": broker.url,
-                       "PYTHONPATH": str(ROOT)}
-                proc = subprocess.run(
-                    [sys.executable, "-m", "bench.cluster", "--side", side, str(runs),
-                     str(events), str(args.concurrency)],
-                    cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-                if proc.returncode != 0:
-                    print(f"  {side}: failed\n{proc.stderr[-4000:]}", file=sys.stderr)
+                       "BENCH_BROKER_URL": broker.url, "BENCH_RESULT_URL": broker.url}
+                try:
+                    result = run_child("bench.cluster", "--side", side, runs, events,
+                                       args.concurrency, timeout=1200, env=env)
+                except RuntimeError as exc:
+                    print(f"  {side}: {exc}", file=sys.stderr)
                     return 1
-                result = json.loads(proc.stdout.strip().splitlines()[-1])
                 results[side].append(result)
                 print(f"  round {round_ + 1}, {side:7}: dispatch "
                       f"{result['dispatch']['seconds']:.2f}s, steps "

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -16,7 +12,7 @@ from fanout_celery.runtime import run_attempt
 
 from .harness import Bench, count, mib, ms, ratio, seconds, us
 from .probes import RoundTrips, script_names
-from .workers import ROOT
+from .workers import run_child
 
 
 # -- figure 1 ---------------------------------------------------------------------------
@@ -24,12 +20,7 @@ def _send_in_child(b: Bench, side: str, n: int) -> dict[str, float]:
     from .app import IDLE_QUEUE
 
     b.r.delete(IDLE_QUEUE)
-    proc = subprocess.run([sys.executable, "-m", "bench.dispatch", side, str(n)], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the {side} sender failed:\n{proc.stderr[-4000:]}")
-    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, float] = run_child("bench.dispatch", side, n, timeout=600)
     b.r.delete(IDLE_QUEUE)
     if side == "fanout":
         b.reset_state()
@@ -263,12 +254,7 @@ def _stream_in_child(b: Bench, n: int) -> dict[str, Any]:
     from .app import IDLE_QUEUE
 
     b.r.delete(IDLE_QUEUE)
-    proc = subprocess.run([sys.executable, "-m", "bench.streamer", str(n)], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=3600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the streaming sender failed:\n{proc.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_child("bench.streamer", n, timeout=3600)
     b.r.delete(IDLE_QUEUE)
     b.reset_state()
     if result["status"] != "completed" or result["queued"] != n or result["output"] != n:

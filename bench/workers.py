@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,20 @@ from typing import Any
 from .probes import children_of, cpu_seconds, proc_status
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_child(module: str, *args: object, timeout: float,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``python -m <module> <args>`` (a sender in a process of its own, so its RSS
+    and CPU are its own) and return the JSON object its last line prints."""
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
+                          env={**(env or os.environ), "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(map(str, args))} failed:\n"
+                           f"{proc.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 class WorkerError(RuntimeError):

@@ -734,14 +734,9 @@ def test_a_reruns_waterfall_stays_on_its_lines_and_marks_the_reused_steps(
     assert "queued -" not in out and "█" in bars[2]
 
 
-def test_a_cancelled_runs_sleep_is_shown_ended_not_waiting(app, fanout, worker):
-    @fanout.function("napper", event="app/nap")
-    def napper(ctx):
-        ctx.step.sleep("nap", 600)
-
+def test_a_cancelled_runs_sleep_is_shown_ended_not_waiting(app, fanout, worker, nappers):
     with worker(app):
-        run_id = only_run(fanout, fanout.send({"name": "app/nap"})[0])
-        wait_status(fanout, run_id, "sleeping")
+        run_id = start_sleeping(fanout, "app/nap.a")
         fanout.cancel(run_id)
         out = ok(app, "run", run_id)
     assert "step nap  [sleeping when the run ended cancelled, sleep, " in out
@@ -750,14 +745,9 @@ def test_a_cancelled_runs_sleep_is_shown_ended_not_waiting(app, fanout, worker):
     assert "░" in bar and "█" not in bar and ", waited " in bar  # a sleep waits
 
 
-def test_rerun_of_an_active_run_is_refused(app, fanout, worker):
-    @fanout.function("napper", event="app/nap")
-    def napper(ctx):
-        ctx.step.sleep("nap", 600)
-
+def test_rerun_of_an_active_run_is_refused(app, fanout, worker, nappers):
     with worker(app):
-        run_id = only_run(fanout, fanout.send({"name": "app/nap"})[0])
-        wait_status(fanout, run_id, "sleeping")
+        run_id = start_sleeping(fanout, "app/nap.a")
         result = cli(app, "rerun", run_id)
         fanout.cancel(run_id)
     assert result.exit_code == 1 and "still sleeping" in result.output

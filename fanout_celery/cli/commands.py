@@ -8,9 +8,8 @@ from typing import Any
 
 import click
 
-from ..errors import FanoutError
 from ..model.runs import STATUSES
-from .group import _fail, _fanout, _run_id, _when, fanout
+from .group import _fanout, _run_id, _when, fanout
 from .render import ago, describe, secs, styled, table
 
 
@@ -63,11 +62,8 @@ def send(ctx: click.Context, name: str | None, data: str | None, path: Any) -> N
             raise click.UsageError("give an event NAME or --file")
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}") from None
-    try:
-        for event_id in fo.send(events):
-            click.echo(event_id)
-    except FanoutError as exc:
-        _fail(exc)
+    for event_id in fo.send(events):
+        click.echo(event_id)
 
 
 @fanout.command()
@@ -90,12 +86,9 @@ def runs(ctx: click.Context, function_id: str | None, status: str | None, since:
         celery -A proj fanout runs --function weekly-activity-send-email --status failed
     """
     fo = _fanout(ctx)
-    try:
-        result = fo.list_runs(function=function_id, status=status, since=_when(since),
-                              until=_when(until), event_id=event_id, limit=limit,
-                              offset=(page - 1) * limit)
-    except FanoutError as exc:
-        _fail(exc)
+    result = fo.list_runs(function=function_id, status=status, since=_when(since),
+                          until=_when(until), event_id=event_id, limit=limit,
+                          offset=(page - 1) * limit)
     rows = [[r.id, r.function_id, styled(r.status), ago(r.created_at),
              secs(r.duration), str(len(r.steps)),
              (r.error or {}).get("message", "")[:60]] for r in result.runs]

@@ -51,10 +51,6 @@ def _when(text: str | None) -> datetime | None:
                                  f"7d ({exc})") from None
 
 
-def _fail(exc: FanoutError) -> None:
-    raise click.ClickException(str(exc))
-
-
 class _Group(click.Group):
     """Every command's errors as one line: a store or broker that cannot be reached is
     ``Error: cannot reach ...``, never a traceback."""
@@ -85,10 +81,7 @@ def _confirmed(question: str) -> bool:
 
 def _run_id(fo: Fanout, text: str) -> str:
     """A run id, or the prefix of one (the 12 characters tables and trees print)."""
-    try:
-        return fo.find_run_id(text)
-    except FanoutError as exc:
-        raise click.ClickException(str(exc)) from None
+    return fo.find_run_id(text)
 
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import click
 
-from ..errors import FanoutError
-from .group import _confirmed, _fail, _fanout, _run_id, _when, fanout
+from .group import _confirmed, _fanout, _run_id, _when, fanout
 
 
 @fanout.command()
@@ -69,11 +68,8 @@ def replay_cmd(ctx: click.Context, event_id: str | None, name: str | None,
                 "or pass --yes to replay them all")
     else:
         raise click.UsageError("give an EVENT_ID or --name")
-    try:
-        for new_id in fo.replay(chosen):
-            click.echo(new_id)
-    except FanoutError as exc:  # e.g. a fanout/ event (invoke, cron): rerun its run instead
-        _fail(exc)
+    for new_id in fo.replay(chosen):
+        click.echo(new_id)
 
 
 @fanout.command(name="rerun")
@@ -97,22 +93,19 @@ def rerun_cmd(ctx: click.Context, run_id: str | None, from_step: str | None,
         celery -A proj fanout rerun --failed send-email --since 2h --dry-run
     """
     fo = _fanout(ctx)
-    try:
-        if run_id:
-            click.echo(fo.rerun(_run_id(fo, run_id), from_step))
-        elif function_id:
-            chosen = fo.rerun_failed(function_id, since=_when(since), dry_run=True)
-            if dry_run:
-                click.echo(f"{len(chosen)} failed run(s) of {function_id} would be rerun")
-                for rid in chosen:
-                    click.echo(rid)
-                return
-            for new_id in fo.rerun_failed(function_id, since=_when(since)):
-                click.echo(new_id)
-        else:
-            raise click.UsageError("give a RUN_ID or --failed FUNCTION")
-    except FanoutError as exc:
-        _fail(exc)
+    if run_id:
+        click.echo(fo.rerun(_run_id(fo, run_id), from_step))
+    elif function_id:
+        chosen = fo.rerun_failed(function_id, since=_when(since), dry_run=True)
+        if dry_run:
+            click.echo(f"{len(chosen)} failed run(s) of {function_id} would be rerun")
+            for rid in chosen:
+                click.echo(rid)
+            return
+        for new_id in fo.rerun_failed(function_id, since=_when(since)):
+            click.echo(new_id)
+    else:
+        raise click.UsageError("give a RUN_ID or --failed FUNCTION")
 
 
 @fanout.command(name="cancel")
@@ -131,26 +124,23 @@ def cancel_cmd(ctx: click.Context, run_id: str | None, function_id: str | None,
         celery -A proj fanout cancel --function weekly-activity-send-email --since 30m
     """
     fo = _fanout(ctx)
-    try:
-        if run_id:
-            run_id = _run_id(fo, run_id)
-            outcome = fo.cancel(run_id, "cancelled from the command line")
-            if outcome == "missing":
-                raise click.ClickException(f"no run {run_id} (unknown or expired)")
-            click.echo(f"{run_id}: {outcome}")
-        elif function_id:
-            after = _when(since)
-            if dry_run:
-                active = [r for r in fo.list_runs(function=function_id, since=after,
-                                                  limit=100_000).runs if not r.finished]
-                click.echo(f"{len(active)} run(s) of {function_id} in flight would be "
-                           "cancelled")
-                return
-            click.echo(f"cancelled {fo.cancel_runs(function_id, started_after=after)} run(s)")
-        else:
-            raise click.UsageError("give a RUN_ID or --function")
-    except FanoutError as exc:
-        _fail(exc)
+    if run_id:
+        run_id = _run_id(fo, run_id)
+        outcome = fo.cancel(run_id, "cancelled from the command line")
+        if outcome == "missing":
+            raise click.ClickException(f"no run {run_id} (unknown or expired)")
+        click.echo(f"{run_id}: {outcome}")
+    elif function_id:
+        after = _when(since)
+        if dry_run:
+            active = [r for r in fo.list_runs(function=function_id, since=after,
+                                              limit=100_000).runs if not r.finished]
+            click.echo(f"{len(active)} run(s) of {function_id} in flight would be "
+                       "cancelled")
+            return
+        click.echo(f"cancelled {fo.cancel_runs(function_id, started_after=after)} run(s)")
+    else:
+        raise click.UsageError("give a RUN_ID or --function")
 
 
 @fanout.command()
@@ -175,10 +165,7 @@ def dashboard(ctx: click.Context, address: str, port: int, basic_auth: str | Non
     if address not in ("127.0.0.1", "localhost", "::1") and not (basic_auth or token):
         click.echo(f"warning: serving on {address} without --basic-auth or --token: anyone "
                    "who reaches it can cancel and rerun runs", err=True)
-    try:
-        config = DashboardConfig(basic_auth=basic_auth, token=token, read_only=read_only)
-    except FanoutError as exc:
-        _fail(exc)
+    config = DashboardConfig(basic_auth=basic_auth, token=token, read_only=read_only)
     application = app(_fanout(ctx), config)
     click.echo(f"fanout dashboard on http://{address}:{port}/"
                + (" (read-only)" if read_only else ""))

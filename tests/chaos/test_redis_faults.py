@@ -4,6 +4,7 @@ without persistence, Redis out of memory, and a failover behind a stable address
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -140,6 +141,23 @@ def role(url: str) -> str:
         client.close()
 
 
+@contextlib.contextmanager
+def primary_and_replica(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, EmbeddedRedis,
+                                                           redis.Redis]]:
+    """Two redis-server processes, the second replicating the first (in sync), and a
+    client of the replica."""
+    with EmbeddedRedis(data_dir=tmp_path / "primary") as primary, \
+            EmbeddedRedis(data_dir=tmp_path / "replica") as replica:
+        rc = redis.Redis.from_url(replica.url, decode_responses=True)
+        try:
+            rc.replicaof("127.0.0.1", primary.port)
+            wait_for(lambda: rc.info("replication").get("master_link_status") == "up", 20,
+                     "the replica to sync")
+            yield primary, replica, rc
+        finally:
+            rc.close()
+
+
 def test_a_script_refused_by_a_replica_runs_again_once_the_replica_leads(
         tmp_path: Path) -> None:
     """A script's write refused with READONLY (Redis 6.2 words it as a plain
@@ -160,12 +178,7 @@ def test_a_script_refused_by_a_replica_runs_again_once_the_replica_leads(
                     refused.set()
                 raise
 
-    with EmbeddedRedis(data_dir=tmp_path / "primary") as primary, \
-            EmbeddedRedis(data_dir=tmp_path / "replica") as replica:
-        rc = redis.Redis.from_url(replica.url, decode_responses=True)
-        rc.replicaof("127.0.0.1", primary.port)
-        wait_for(lambda: rc.info("replication").get("master_link_status") == "up", 20,
-                 "the replica to sync")
+    with primary_and_replica(tmp_path) as (primary, replica, rc):
         app, sender = sender_for(primary.url)
 
         @sender.function("script-retry", event="faults/script-retry")
@@ -190,7 +203,6 @@ def test_a_script_refused_by_a_replica_runs_again_once_the_replica_leads(
         finally:
             on_replica.close()
             pc.close()
-            rc.close()
             app.close()
     [started] = outcome
     assert isinstance(started, Started)
@@ -199,12 +211,7 @@ def test_a_script_refused_by_a_replica_runs_again_once_the_replica_leads(
 
 def test_a_failover_behind_a_stable_address_loses_no_run_and_stops_no_worker(
         tmp_path: Path, chaos_report: Any) -> None:
-    with EmbeddedRedis(data_dir=tmp_path / "primary") as primary, \
-            EmbeddedRedis(data_dir=tmp_path / "replica") as replica:
-        rc = redis.Redis.from_url(replica.url, decode_responses=True)
-        rc.replicaof("127.0.0.1", primary.port)
-        wait_for(lambda: rc.info("replication").get("master_link_status") == "up", 20,
-                 "the replica to sync")
+    with primary_and_replica(tmp_path) as (primary, replica, rc):
         address = SwitchableProxy(primary.port)
         app, sender = sender_for(address.url)
         client = redis.Redis.from_url(address.url, decode_responses=True)
@@ -230,7 +237,6 @@ def test_a_failover_behind_a_stable_address_loses_no_run_and_stops_no_worker(
             client.close()
             app.close()
             address.close()
-            rc.close()
     assert {c.status for c in children} == {"completed"}
     assert len(children) == 40
     # Each step checkpointed once (a body may run again only if its worker lost it).
