@@ -311,14 +311,14 @@ def test_run_shows_the_trigger_the_tree_of_steps_and_children_and_a_waterfall(ap
                                 if line.startswith(f"parent  {fan_tree.parent_id[:12]}")))
     tree = lines[tree_top:tree_top + 8]
     assert tree[0].startswith(f"parent  {fan_tree.parent_id[:12]}  completed  (duration ")
-    assert tree[1].startswith("├─ step fetch  [completed, 1 attempt, ")
-    assert tree[2].startswith("└─ step fan  [completed, send_event, ")  # no body: no attempts
+    assert tree[1].startswith("├── step fetch  [completed, 1 attempt, ")
+    assert tree[2].startswith("└── step fan  [completed, send_event, ")  # no body: no attempts
     ok_child, failed_child = fan_tree.children
-    assert tree[3].strip().startswith(f"child  {ok_child[:12]}  completed")
-    assert tree[4].strip().startswith("└─ step load  [completed, 1 attempt")
-    assert tree[5].strip().startswith(f"child  {failed_child[:12]}  failed")
+    assert tree[3].strip().startswith(f"├── child  {ok_child[:12]}  completed")
+    assert tree[4].strip().startswith("│   └── step load  [completed, 1 attempt")
+    assert tree[5].strip().startswith(f"└── child  {failed_child[:12]}  failed")
     assert "error NonRetriableError: no, never" in tree[5]
-    assert tree[7].strip().startswith("└─ step email  [failed, 1 attempt, ")
+    assert tree[7].strip().startswith("└── step email  [failed, 1 attempt, ")
     assert tree[7].endswith("NonRetriableError: no, never]")
     # The waterfall: one bar per step of the run, on the run's time line.
     bars = [line for line in lines if "|" in line and "queued" in line]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -93,6 +94,51 @@ def test_the_runs_list_filters_by_function_status_and_text(fanout: Fanout, shop:
     assert "no runs match" in get(dash, "/?q=nobody-has-this").text
     bad = get(dash, "/?status=bogus")
     assert bad.status_code == 400 and "unknown status" in bad.text
+
+
+def test_the_runs_list_filters_by_event_name_parent_and_time_range(fanout: Fanout,
+                                                                   shop: Any) -> None:
+    dash = app(fanout)
+    order, notify = shop["order"], shop["notify"]
+    def rows(query: str) -> set[str]:
+        return set(re.findall(r'class="run" data-run="(\w+)"', get(dash, query).text))
+
+    assert rows("/?name=shop/notify") == {notify.id}
+    assert rows(f"/?parent={order.id[:12]}") == {notify.id}  # a prefix, as printed
+    assert rows("/?since=1h") == {run.id for run in shop.values()}
+    # "before the last hour": every run of the test is younger.
+    assert "no runs match" in get(dash, "/?until=1h").text
+    unknown = get(dash, "/?function=nope")
+    assert unknown.status_code == 400 and "unknown function &#39;nope&#39;" in unknown.text
+
+
+def test_a_bulk_action_counts_the_filtered_runs_then_applies_once_confirmed(
+        fanout: Fanout, shop: Any) -> None:
+    dash = app(fanout)
+    napper, broken = shop["napper"].id, shop["broken"].id
+    dry = get(dash, "/bulk?action=cancel&status=sleeping")
+    assert dry.status_code == 200
+    assert re.search(r'id="bulk-count"><b>1</b> active run matches', dry.text)
+    assert re.findall(r'class="run" data-run="(\w+)"', dry.text) == [napper]
+    assert fanout.get_run(napper).status == "sleeping"  # a dry run changes nothing
+    page = "/bulk?action=cancel&status=sleeping"
+    assert post_form(dash, page, "/bulk?status=sleeping",
+                     {"action": "cancel", "confirm": ""}).status_code == 400
+    assert post_form(dash, page, "/bulk?status=sleeping",
+                     {"action": "cancel", "confirm": "yes", "csrf": "forged"}).status_code == 403
+    done = post_form(dash, page, "/bulk?status=sleeping", {"action": "cancel", "confirm": "yes"})
+    assert done.status_code == 303 and "cancelled 1 of 1 runs" in unquote(done.headers["location"])
+    assert fanout.get_run(napper).status == "cancelled"
+    assert fanout.get_run(shop["order"].id).status == "completed"  # outside the filter
+    # Rerun the failed runs of one function: each gets a new run that reruns it.
+    dry = get(dash, "/bulk?action=rerun&function=broken&status=failed")
+    assert re.search(r'id="bulk-count"><b>1</b> finished run matches', dry.text)
+    done = post_form(dash, "/bulk?action=rerun&function=broken&status=failed",
+                     "/bulk?function=broken&status=failed", {"action": "rerun", "confirm": "yes"})
+    assert done.status_code == 303 and "reran 1 of 1 runs" in unquote(done.headers["location"])
+    reruns = [r for r in fanout.list_runs(function="broken").runs if r.rerun_of == broken]
+    assert len(reruns) == 1
+    assert get(dash, "/bulk?action=delete").status_code == 400
 
 
 def test_a_run_page_shows_steps_children_waterfall_and_event(fanout: Fanout, shop: Any) -> None:

@@ -44,6 +44,11 @@ def test_a_step_failing_twice_then_succeeding_is_retried_with_back_off(app, fano
     [step] = run.steps
     assert (step.status, step.attempts, step.error) == ("completed", 3, None)
     assert len(started) == 3
+    # The errors of the two failed attempts are kept, oldest first, with their times.
+    assert [(e["attempt"], e["type"], e["message"]) for e in step.earlier_errors] == [
+        (1, "ConnectionError", "attempt 1 failed"), (2, "ConnectionError", "attempt 2 failed")]
+    assert all("call_api" in e["traceback"] for e in step.earlier_errors)
+    assert abs(step.earlier_errors[0]["ended_at"] / 1000 - failed[0]) < 1
     # Retry n waits backoff * factor ** (n - 1): 0.1 s, then 0.2 s.
     assert started[1] - failed[0] >= 0.1 - CLOCK_SLACK
     assert started[2] - failed[1] >= 0.2 - CLOCK_SLACK
@@ -79,6 +84,7 @@ def test_a_step_that_exhausts_its_retries_raises_step_error_in_the_handler(app, 
     assert step.attempts == policy.max_retries + 1 == len(calls)
     assert step.error["type"] == "ValueError"
     assert step.error["message"] == "boom 3"
+    assert [e["message"] for e in step.earlier_errors] == ["boom 1", "boom 2"]
     assert caught and caught[-1].step_id == "charge"
 
 

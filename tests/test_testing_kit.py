@@ -233,6 +233,31 @@ def test_a_list_of_failures_fails_the_first_attempts_then_the_body_runs(local_fa
     assert [r.error["type"] for r in result.retries] == ["TimeoutError", "TimeoutError"]
 
 
+def test_a_step_keeps_the_errors_of_its_last_ten_failed_attempts_shortened(local_fanout):
+    calls: list[int] = []
+
+    @local_fanout.function("very-flaky", retries=RetryPolicy(max_retries=14, backoff=0.01,
+                                                              jitter=0))
+    def handler(ctx):
+        def call():
+            calls.append(1)
+            if len(calls) < 15:
+                raise ConnectionError(f"attempt {len(calls)} " + "x" * 1200)
+            return "up"
+        return ctx.step.run("call", call)
+
+    result = run_function(handler)
+
+    step = result.step("call")
+    assert (result.output, step.attempts) == ("up", 15)
+    kept = step.earlier_errors
+    assert [e["attempt"] for e in kept] == list(range(5, 15))  # the last ten of fourteen
+    assert all(e["type"] == "ConnectionError" for e in kept)
+    assert kept[0]["message"].startswith("attempt 5 xxx")
+    assert kept[0]["message"].endswith("... [cut]") and len(kept[0]["message"]) < 1100
+    assert all(len(e["traceback"]) <= 2000 for e in kept)
+
+
 def test_non_retriable_error_stops_retrying_at_once(local_fanout):
     @local_fanout.function("permanent", retries=FAST)
     def handler(ctx):

@@ -92,6 +92,14 @@ def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
 
 
+def earlier(error: dict[str, Any]) -> dict[str, Any]:
+    """One earlier failed attempt of a step, as the run page shows it."""
+    started = error.get("started_at")
+    when = human(datetime.fromtimestamp(int(started) / 1000, tz=UTC)) + " UTC" \
+        if started else ""
+    return {**error, "when": when}
+
+
 def run_view(fanout: Fanout, run_id: str) -> dict[str, Any] | None:
     """Everything the run page shows."""
     try:
@@ -115,25 +123,77 @@ def run_view(fanout: Fanout, run_id: str) -> dict[str, Any] | None:
             "events": [pretty(e) for e in run.events], "output": pretty(run.output),
             "error": pretty(run.error) if run.error else "",
             "steps": [{"step": s, "output": pretty(s.output), "duration": seconds(s.duration),
-                       "error": pretty(s.error) if s.error else ""} for s in run.steps],
+                       "error": pretty(s.error) if s.error else "",
+                       "earlier": [earlier(e) for e in s.earlier_errors]} for s in run.steps],
             "active": run.status not in FINAL, "human": human}
 
 
-def runs_view(fanout: Fanout, *, function: str | None, status: str | None,
-              event_id: str | None, search: str | None, since: datetime | None,
-              page: int) -> dict[str, Any]:
-    """A page of runs, newest first, filtered; branch runs of parallel groups are shown
-    in their parent, not here."""
-    found = fanout.list_runs(function=function or None, status=status or None,
-                             event_id=event_id or None, since=since,
-                             limit=PAGE * 2, offset=(page - 1) * PAGE * 2)
-    runs: list[Run] = [r for r in found.runs if r.branch_of is None]
-    if search:
-        needle = search.lower()
-        runs = [r for r in runs if needle in r.id or needle in json.dumps(r.events).lower()
-                or needle in json.dumps(r.error or {}).lower()]
-    return {"runs": runs[:PAGE], "more": found.more or len(runs) > PAGE, "page": page,
-            "seconds": seconds, "human": human}
+# A filter that the store cannot apply (event name, parent, text) is applied to the runs
+# read: at most this many are read for one page or one bulk action.
+SCAN = 5000
+# A bulk action applies to at most this many runs at a time.
+BULK = 1000
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """The runs list's filters. The store selects by function, status, time range and
+    event id; the event name, the parent run and the text are matched on what it reads."""
+
+    function: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    event_id: str | None = None
+    event_name: str | None = None
+    parent: str | None = None
+    search: str | None = None
+
+    def keeps(self, run: Run) -> bool:
+        """Whether a run read from the store passes the filters the store did not apply
+        (branch runs of a parallel group never: they are shown in their parent)."""
+        if run.branch_of is not None:
+            return False
+        if self.event_name and not any(e.get("name") == self.event_name for e in run.events):
+            return False
+        if self.parent and run.parent_run_id != self.parent:
+            return False
+        if self.search:
+            needle = self.search.lower()
+            return needle in run.id or needle in json.dumps(run.events).lower() \
+                or needle in json.dumps(run.error or {}).lower()
+        return True
+
+
+def matching(fanout: Fanout, f: RunFilter, limit: int, offset: int = 0,
+             ) -> tuple[list[Run], bool]:
+    """Runs passing ``f``, newest first: ``limit`` of them after skipping ``offset``, and
+    whether there are more. Reads at most ``SCAN`` runs from the store."""
+    kept: list[Run] = []
+    read, batch = 0, 200
+    while len(kept) < offset + limit + 1 and read < SCAN:
+        found = fanout.list_runs(function=f.function, status=f.status, since=f.since,
+                                 until=f.until, event_id=f.event_id, limit=batch,
+                                 offset=read)
+        read += len(found.runs)
+        kept += [r for r in found.runs if f.keeps(r)]
+        if not found.more:
+            break
+    return kept[offset:offset + limit], len(kept) > offset + limit or read >= SCAN
+
+
+def runs_view(fanout: Fanout, f: RunFilter, page: int) -> dict[str, Any]:
+    """A page of runs, newest first, filtered."""
+    runs, more = matching(fanout, f, PAGE, (page - 1) * PAGE)
+    return {"runs": runs, "more": more, "page": page, "seconds": seconds, "human": human}
+
+
+def bulk_targets(fanout: Fanout, f: RunFilter, action: str) -> tuple[list[Run], bool]:
+    """The runs a bulk action applies to: those passing ``f`` that are still active
+    (cancel) or finished (rerun), at most ``BULK``; and whether more matched."""
+    runs, more = matching(fanout, f, SCAN)
+    wanted = [r for r in runs if (r.status not in FINAL) == (action == "cancel")]
+    return wanted[:BULK], more or len(wanted) > BULK
 
 
 def functions_view(fanout: Fanout) -> list[dict[str, Any]]:

@@ -27,6 +27,9 @@ from . import views
 from .metrics import render_metrics
 
 TEMPLATES = Path(__file__).with_name("templates")
+# The query-string fields of the runs list's filter (page and refresh are not filters).
+FILTER_FIELDS = ("function", "status", "since", "until", "event", "name", "parent", "q")
+BULK_ACTIONS = ("cancel", "rerun")
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ def app(fanout: Fanout, config: DashboardConfig | None = None, **options: Any) -
     dashboard = Dashboard(fanout, cfg, env)
     return Starlette(routes=[
         Route("/", dashboard.runs),
+        Route("/bulk", dashboard.bulk),
+        Route("/bulk", dashboard.bulk_apply, methods=["POST"]),
         Route("/runs/{run_id}", dashboard.run),
         Route("/runs/{run_id}/cancel", dashboard.cancel, methods=["POST"]),
         Route("/runs/{run_id}/rerun", dashboard.rerun, methods=["POST"]),
@@ -138,27 +143,87 @@ class Dashboard:
         return self._page(request, "error.html", status=status, message=message)
 
     # -- pages -------------------------------------------------------------------------
+    def _filter(self, request: Request) -> views.RunFilter:
+        """The runs list's filters, from the query string (``FanoutError`` if one is not
+        understood). ``since``/``until``: how long ago (``1h``, ``7d``)."""
+        q = request.query_params
+        now = datetime.now(UTC)
+
+        def ago(name: str) -> datetime | None:
+            text = q.get(name)
+            return now - timedelta(seconds=parse_duration(text, name)) if text else None
+
+        status = q.get("status") or None
+        if status is not None and status not in STATUSES:
+            raise FanoutError(f"unknown status {status!r}")
+        function = q.get("function") or None
+        if function is not None and function not in self.fanout.engine.router.all():
+            raise FanoutError(f"unknown function {function!r}")
+        parent = q.get("parent") or None
+        return views.RunFilter(
+            function=function, status=status, since=ago("since"), until=ago("until"),
+            event_id=q.get("event") or None, event_name=q.get("name") or None,
+            parent=self.fanout.find_run_id(parent) if parent else None,
+            search=q.get("q") or None)
+
     async def runs(self, request: Request) -> Response:
         if not self._allowed(request):
             return self._refused()
         q = request.query_params
         try:
             page = max(1, int(q.get("page") or 1))
-            since = None
-            if q.get("since"):
-                since = datetime.now(UTC) - timedelta(
-                    seconds=parse_duration(q["since"], "since"))
-            status = q.get("status") or None
-            if status is not None and status not in STATUSES:
-                raise FanoutError(f"unknown status {status!r}")
-            data = views.runs_view(self.fanout, function=q.get("function"), status=status,
-                                   event_id=q.get("event"), search=q.get("q"),
-                                   since=since, page=page)
+            data = views.runs_view(self.fanout, self._filter(request), page)
         except (FanoutError, ValueError) as exc:
             return self._error(request, str(exc))
         functions = sorted(self.fanout.engine.router.all())
         return self._page(request, "runs.html", filters=dict(q), functions=functions,
-                          refresh=q.get("refresh") == "on", **data)
+                          refresh=q.get("refresh") == "on",
+                          query=urlencode({k: v for k, v in q.items()
+                                           if k in FILTER_FIELDS and v}), **data)
+
+    async def bulk(self, request: Request) -> Response:
+        """The dry run of a bulk action: how many runs the current filter selects, the
+        first of them, and the form that applies the action."""
+        if not self._allowed(request):
+            return self._refused()
+        if self.config.read_only:
+            return PlainTextResponse("this dashboard is read-only", status_code=403)
+        action = request.query_params.get("action", "")
+        if action not in BULK_ACTIONS:
+            return self._error(request, "a bulk action is cancel or rerun")
+        try:
+            targets, more = views.bulk_targets(self.fanout, self._filter(request), action)
+        except (FanoutError, ValueError) as exc:
+            return self._error(request, str(exc))
+        fields = {k: v for k, v in request.query_params.items() if k in FILTER_FIELDS and v}
+        return self._page(request, "bulk.html", action=action, targets=targets, more=more,
+                          fields=fields, limit=views.BULK, human=views.human)
+
+    async def bulk_apply(self, request: Request) -> Response:
+        form = await self._action(request)
+        if isinstance(form, Response):
+            return form
+        action = form.get("action", "")
+        if action not in BULK_ACTIONS:
+            return self._error(request, "a bulk action is cancel or rerun")
+        # The filter travels in the query string, as on the dry run's page.
+        try:
+            targets, _ = views.bulk_targets(self.fanout, self._filter(request), action)
+        except (FanoutError, ValueError) as exc:
+            return self._error(request, str(exc))
+        done = 0
+        for run in targets:
+            try:
+                if action == "cancel":
+                    outcome = self.fanout.cancel(run.id, "cancelled from the dashboard (bulk)")
+                    done += outcome in ("cancelled", "requested")
+                else:
+                    self.fanout.rerun(run.id)
+                    done += 1
+            except FanoutError:
+                continue  # ended or expired meanwhile
+        verb = "cancelled" if action == "cancel" else "reran"
+        return self._back(request, "", f"{verb} {done} of {len(targets)} runs")
 
     async def run(self, request: Request) -> Response:
         if not self._allowed(request):

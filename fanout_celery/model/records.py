@@ -209,5 +209,33 @@ def error_info(exc: BaseException) -> dict[str, Any]:
             "traceback": _storable_text(trace)}
 
 
+# A step keeps the errors of its earlier failed attempts (``errors`` on its record, oldest
+# first): at most this many, each message and traceback shortened to these sizes, so a
+# step retried many times keeps a record of bounded size.
+MAX_EARLIER_ERRORS = 10
+MAX_EARLIER_MESSAGE = 1000
+MAX_EARLIER_TRACEBACK = 2000
+
+
+def earlier_errors(record: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The errors of the attempts before the next one of a step whose record is
+    ``record``: those it kept, and its own error when it waits to retry. Each is the
+    ``error_info`` of one attempt (shortened) with its ``attempt`` number and times."""
+    if not record:
+        return []
+    kept: list[dict[str, Any]] = list(record.get("errors") or [])
+    error = record.get("error")
+    if record.get("status") == "retrying" and error:
+        message = str(error.get("message", ""))
+        if len(message) > MAX_EARLIER_MESSAGE:
+            message = message[:MAX_EARLIER_MESSAGE] + "... [cut]"
+        kept.append({"attempt": int(record.get("attempts", len(kept) + 1)),
+                     "type": error.get("type"), "message": message,
+                     "traceback": str(error.get("traceback", ""))[-MAX_EARLIER_TRACEBACK:],
+                     "started_at": record.get("started_at"),
+                     "ended_at": record.get("ended_at")})
+    return kept[-MAX_EARLIER_ERRORS:]
+
+
 def cancelled_info(reason: str) -> dict[str, Any]:
     return {"type": "Cancelled", "message": reason}

@@ -36,6 +36,10 @@ class StepRecord:
     # child_run_id and function_id (invoke), retry_at (a step waiting to retry), branches
     # (parallel).
     detail: dict[str, Any] = field(default_factory=dict)
+    # The errors of the step's earlier failed attempts, oldest first (the last
+    # ``MAX_EARLIER_ERRORS``): each with its ``attempt`` number, ``type``, ``message``,
+    # ``traceback`` (shortened) and ``started_at``/``ended_at`` (epoch ms).
+    earlier_errors: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, step_id: str, raw: str) -> tuple[tuple[int, int], StepRecord]:
@@ -47,6 +51,7 @@ class StepRecord:
             id=step_id, status=rec["status"], output=rec.get("output"), error=rec.get("error"),
             attempts=rec.get("attempts", 0), started_at=_time(rec.get("started_at")),
             ended_at=_time(rec.get("ended_at")), kind=rec.get("kind", "run"), detail=detail,
+            earlier_errors=list(rec.get("errors") or []),
         )
 
     @property
@@ -156,31 +161,37 @@ class RunNode:
             "event_ids": run.event_ids, "parent_run_id": run.parent_run_id,
             "parent_step_id": run.parent_step_id, "duration": run.duration,
             "steps": [{"id": s.id, "status": s.status, "attempts": s.attempts,
-                       "output": s.output, "error": s.error, "duration": s.duration}
+                       "output": s.output, "error": s.error, "duration": s.duration,
+                       "earlier_errors": s.earlier_errors}
                       for s in run.steps],
             "children": {k: [c.as_dict() for c in v] for k, v in self.children.items()},
         }
 
     def format(self, indent: str = "") -> str:
         """A readable text tree: run, its steps (status, attempts, duration), child runs."""
-        lines = [indent + _line(self.run)]
+        lines = [indent + run_label(self.run)]
         steps = self.run.steps
         for i, step in enumerate(steps):
             last = i == len(steps) - 1
             branch, cont = ("└─ ", "   ") if last else ("├─ ", "│  ")
-            status = step.status
-            if self.run.finished and status in PARKED_STEP_STATUSES:
-                status = f"{status} when the run ended {self.run.status}"
-            # Attempts count executions of a step.run body; other kinds have none.
-            tries = f"{step.attempts} attempt{'s' if step.attempts != 1 else ''}, " \
-                if step.kind == "run" else f"{step.kind}, "
-            note = f"{status}, {tries}{_secs(step.duration)}"
-            if step.error and step.status != "completed":
-                note += f", {step.error.get('type')}: {step.error.get('message')}"
-            lines.append(f"{indent}{branch}step {step.id}  [{note}]")
+            lines.append(f"{indent}{branch}{step_label(self.run, step)}")
             for kid in self.children.get(step.id, []):
                 lines.append(kid.format(indent + cont + "   "))
         return "\n".join(lines)
+
+
+def step_label(run: Run, step: StepRecord) -> str:
+    """One step in a run's tree: ``step <id>  [status, attempts, duration, error]``."""
+    status = step.status
+    if run.finished and status in PARKED_STEP_STATUSES:
+        status = f"{status} when the run ended {run.status}"
+    # Attempts count executions of a step.run body; other kinds have none.
+    tries = f"{step.attempts} attempt{'s' if step.attempts != 1 else ''}, " \
+        if step.kind == "run" else f"{step.kind}, "
+    note = f"{status}, {tries}{_secs(step.duration)}"
+    if step.error and step.status != "completed":
+        note += f", {step.error.get('type')}: {step.error.get('message')}"
+    return f"step {step.id}  [{note}]"
 
 
 # Step statuses that mean "not over yet" (a run that ended meanwhile stopped them).
@@ -193,7 +204,8 @@ def _secs(value: float | None) -> str:
     return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s"
 
 
-def _line(run: Run) -> str:
+def run_label(run: Run) -> str:
+    """A run in a tree: function, short id, status, duration, handler retries, error."""
     label = f"{run.function_id}  {run.id[:12]}  {run.status}"
     extra = [f"duration {_secs(run.duration)}"]
     if run.attempt:

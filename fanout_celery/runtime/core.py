@@ -27,7 +27,7 @@ from ..errors import (
     TooManyStepsError,
 )
 from ..model.events import dumps
-from ..model.records import error_info
+from ..model.records import earlier_errors, error_info
 from ..model.retry import RetryPolicy, retry_at_ms
 from ..model.typed import output_model
 from .ports import StepCall
@@ -209,10 +209,13 @@ class StepCore:
         if isinstance(value, BaseModel):
             value = value.model_dump(mode="json")
         x = self.state
-        encoded, stored = self.encode(plan.key, {
+        record = {
             "status": "completed", "output": value, "attempts": plan.attempt + 1,
             "started_at": plan.started, "ended_at": self.state.clock(), "seq": self.seq(plan.record),
-        })
+        }
+        if plan.record is not None and (errors := earlier_errors(plan.record)):
+            record["errors"] = errors
+        encoded, stored = self.encode(plan.key, record)
         output = stored["output"]
         if x.mw:
             x.mw.after_step(x.ctx, plan.key, output, None)
@@ -232,6 +235,8 @@ class StepCore:
         now = self.state.clock()
         base = {"error": error_info(exc), "attempts": plan.attempt + 1,
                 "started_at": plan.started, "ended_at": now, "seq": self.seq(plan.record)}
+        if plan.record is not None and (errors := earlier_errors(plan.record)):
+            base["errors"] = errors
         if isinstance(exc, NonRetriableError) or plan.attempt >= plan.policy.max_retries:
             encoded, stored = self.encode(key, {"status": "failed", **base})
             x.checkpoint(key, encoded, stored)
