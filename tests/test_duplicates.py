@@ -149,8 +149,14 @@ def test_a_message_redelivered_after_the_visibility_timeout_runs_no_step_twice(
         # Held past the 2 s visibility timeout: the broker delivers the message again.
         deliveries = wait_for(two_deliveries, 20,
                               "the broker to deliver the message a second time")
-        wait_for(lambda: "busy" in redis_client.lrange("dup:outcomes", 0, -1), 20,
-                 "the second delivery to back off")
+        try:
+            wait_for(lambda: "busy" in redis_client.lrange("dup:outcomes", 0, -1), 20,
+                     "the second delivery to back off")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}: hold executed {redis_client.get('dup:count:hold')} time(s), "
+                f"outcomes {redis_client.lrange('dup:outcomes', 0, -1)}, deliveries "
+                f"{deliveries}, run {fanout.store.inspect_run(run_id)}") from None
         redis_client.set("dup:release", 1)
         done = fanout.wait_for_run(run_id, timeout=20)
         wait_for(lambda: "completed" in redis_client.lrange("dup:outcomes", 0, -1), 20,

@@ -15,6 +15,7 @@ from fanout_celery.engine.router import Router
 from fanout_celery.model.definition import Subscription
 from fanout_celery.model.forksafe import ForkSafeLock
 from fanout_celery.store.memory import MemoryStore
+from fanout_celery.store.redis import connect
 
 
 def exit_code_of(pid: int, timeout: float) -> int | None:
@@ -72,3 +73,32 @@ def test_a_forked_child_routes_while_the_parents_pump_holds_the_router():
             os._exit(4)
 
     assert fork_while_held(router._lock, route) == 0
+
+
+class _HeldLock:
+    """Adapts a redis-py lock to ``fork_while_held``."""
+
+    def __init__(self, lock: threading.RLock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_talks_to_redis_while_a_parent_thread_holds_the_pool(redis_url):
+    # redis-py resets a pool at a child's first command under the pool's lock: held by a
+    # parent thread at the fork, it would hang the child for ever (redis-py 8).
+    client = connect(redis_url)
+    client.set("fork:probe", "ok")
+
+    def use() -> None:
+        if client.get("fork:probe") != "ok":
+            os._exit(5)
+
+    assert fork_while_held(_HeldLock(client.connection_pool._lock), use) == 0
+    assert client.get("fork:probe") == "ok"  # the parent's pool is untouched
+    client.close()

@@ -56,6 +56,9 @@ def worker_app(name: str, **conf: Any) -> tuple[Celery, Fanout, redis.Redis[str]
         "broker_connection_retry_on_startup": True,
         "fanout_lease_seconds": 2,
         "fanout_pump_interval": 0.05,
+        # On RabbitMQ, the AMQP heartbeat's timer makes Celery's event loop poll for up to
+        # 10 s, and a warm shutdown waits for that poll: without it, a stop takes ~1 s.
+        **({"broker_heartbeat": 0} if BROKER_URL.startswith("amqp") else {}),
         **conf,
     })
     fanout = Fanout(app)

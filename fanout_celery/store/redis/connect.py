@@ -10,6 +10,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from .forks import guard
+
 # Errors that say "not now" rather than "never": the server is away, restarting, being
 # failed over, or out of memory. Retrying later (with back-off) is the answer to each.
 TRANSIENT: tuple[type[Exception], ...] = (
@@ -150,7 +152,7 @@ def connect(url: str, redis_options: dict[str, Any] | None = None,
     asks the Sentinels where the master is now; on a cluster, redis-py follows MOVED and
     ASK and refreshes its map of the slots."""
     if is_cluster(url, redis_options):
-        return connect_cluster(url, redis_options or {}, **options)  # type: ignore[no-any-return]
+        return guard(connect_cluster(url, redis_options or {}, **options))  # type: ignore[no-any-return]
     target = sentinel_target(url, redis_options or {})
     if target is not None:
         from redis.sentinel import Sentinel
@@ -159,11 +161,11 @@ def connect(url: str, redis_options: dict[str, Any] | None = None,
         sentinel = Sentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs,
                             **settings)
         master: redis.Redis[str] = sentinel.master_for(target.service_name, **settings)
-        return master
+        return guard(master)  # type: ignore[no-any-return]
     if url.startswith("redis+socket://"):
         url = "unix://" + url[len("redis+socket://"):]
     extra = {k: v for k, v in (redis_options or {}).items() if k not in OWN_OPTIONS}
-    return redis.Redis.from_url(url, **client_settings(**extra, **options))
+    return guard(redis.Redis.from_url(url, **client_settings(**extra, **options)))  # type: ignore[no-any-return]
 
 
 def connect_cluster(url: str, redis_options: dict[str, Any], **options: Any) -> Any:
