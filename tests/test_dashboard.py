@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from support import wait_until
 
-from fanout_celery import Event, Fanout
+from fanout_celery import Event, Fanout, RetryPolicy
 from fanout_celery.dashboard import DashboardConfig, app
+from fanout_celery.dashboard import app as app_of
 from fanout_celery.model.events import derived_id
 
 pytestmark = pytest.mark.integration
@@ -155,6 +156,29 @@ def test_a_run_page_shows_steps_children_waterfall_and_event(fanout: Fanout, sho
     sleeping = get(dash, f"/runs/{shop['napper'].id}")
     assert "wake at" in sleeping.text and "UTC" in sleeping.text  # a human time
     assert get(dash, "/runs/" + "0" * 32).status_code == 404
+
+
+def test_a_run_page_shows_the_error_of_each_earlier_attempt_of_a_step(
+        app: Any, fanout: Fanout, worker: Any) -> None:
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError(f"upstream 503 (call {len(calls)})")
+        return "ok"
+
+    @fanout.function("flaky-page", retries=RetryPolicy(max_retries=3, backoff=0.05, jitter=0))
+    def flaky_page(ctx: Any) -> str:
+        return ctx.step.run("call", flaky)
+
+    with worker(app):
+        run = fanout.wait_for_run(fanout.invoke(flaky_page), 20)
+    page = get(app_of(fanout), f"/runs/{run.id}").text
+    assert "2 earlier failed attempts" in page
+    shown = re.findall(r'data-attempt="(\d+)"><b>attempt \d+</b> <span class="muted">[^<]*'
+                       r'UTC</span> ConnectionError: upstream 503 \(call (\d+)\)', page)
+    assert shown == [("1", "1"), ("2", "2")]
 
 
 def test_events_and_functions_pages(fanout: Fanout, shop: Any) -> None:
