@@ -21,7 +21,8 @@ class StepRecord:
     """One step of a run: ``id`` is the user's step id (with its ``:N`` counter).
 
     ``status`` is completed, failed (retries exhausted) or retrying; ``attempts``
-    counts executions of the step's body that were recorded.
+    counts executions of the step's body that were recorded; ``error`` is the last
+    attempt's error and ``earlier_errors`` those of the attempts before it.
     """
 
     id: str
