@@ -331,9 +331,15 @@ def test_a_wrong_password_fails_without_showing_it(redis_server, redis_url, acl_
     url = f"redis://{user}:{wrong}@{host_port}/0"
     app = new_app(url, "wrong", fanout_redis_url=url)
     fanout = Fanout(app)
+    admin = redis.Redis.from_url(redis_url, decode_responses=True)
+    admin.acl_log_reset()
     with pytest.raises(redis.AuthenticationError) as raised:
         fanout.get_run("0" * 32)
     assert wrong not in str(raised.value)
+    # A refused login is not retried as if Redis were away: one attempt, at once.
+    refused = [e for e in admin.acl_log() if e.get("reason") == "auth"]
+    assert [int(e["count"]) for e in refused] == [1]
+    admin.close()
     result = cli(app, "runs")
     assert result.exit_code != 0
     assert wrong not in result.output and wrong not in str(result.exception)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -11,6 +12,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .forks import guard
+
+T = TypeVar("T")
 
 # Errors that say "not now" rather than "never": the server is away, restarting, being
 # failed over, or out of memory. Retrying later (with back-off) is the answer to each.
@@ -28,8 +31,18 @@ TRANSIENT: tuple[type[Exception], ...] = (
 TRANSIENT_PREFIXES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
 
+# A refused login (a wrong password or user) is a ConnectionError to redis-py, but it is
+# the configuration, not the moment: it fails at once, and a run's attempt fails with it.
+REFUSED: tuple[type[Exception], ...] = (
+    redis.exceptions.AuthenticationError,
+    redis.exceptions.AuthenticationWrongNumberOfArgsError,
+)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a Redis error is worth retrying later (see ``TRANSIENT``)."""
+    if isinstance(exc, REFUSED):
+        return False
     if isinstance(exc, TRANSIENT):
         return True
     if isinstance(exc, redis.exceptions.ResponseError):
@@ -48,10 +61,26 @@ BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
 
 
+class StateRetry(Retry):
+    """redis-py's ``Retry``, except that a refused login is never retried (``REFUSED``:
+    redis-py counts it among connection errors, so it would back off for seconds)."""
+
+    def call_with_retry(self, do: Callable[[], T], fail: Callable[..., Any],
+                        is_retryable: Callable[[Exception], bool] | None = None,
+                        with_failure_count: bool = False) -> T:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, REFUSED):
+                return False
+            return is_retryable(error) if is_retryable is not None else True
+
+        return super().call_with_retry(do, fail, retryable,  # type: ignore[call-arg]
+                                       with_failure_count)
+
+
 def retry_policy() -> Retry:
     """How the state client retries transient errors (see ``TRANSIENT``)."""
-    return Retry(ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE), RETRIES,
-                 supported_errors=TRANSIENT)
+    return StateRetry(ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE), RETRIES,
+                      supported_errors=TRANSIENT)
 
 
 def backoff(attempt: int) -> float:
