@@ -175,3 +175,32 @@ def test_a_wait_is_resolved_by_an_event_from_a_sender_whose_clock_is_behind(
         run = final(fanout, derived_id("skewed", event_id), timeout=30)
     assert run.status == "completed" and run.output == "ping-7"
     client.close()
+
+
+# -- 5. an attempt stopped by Redis at its start -----------------------------------
+def test_an_attempt_whose_start_failed_on_a_transient_error_runs_again(
+        app: Celery, fanout: Fanout, worker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As after a failover that lost the start's write (or Redis away): the run is still
+    # queued and its message consumed. Without a retry of the message, only the dispatch
+    # cover (fanout_redispatch_seconds, 300 s) would take the run up again.
+    store = fanout.services.store
+    real_start = store.start
+    calls: list[str] = []
+
+    def start_failing_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append("start")
+        if len(calls) == 1:
+            raise redis.ConnectionError("Redis went away")
+        return real_start(*args, **kwargs)
+
+    monkeypatch.setattr(store, "start", start_failing_once)
+
+    @fanout.function("restarted", event="app/restarted", retries=0)
+    def restarted(ctx: Any) -> str:
+        return ctx.step.run("only", lambda: "done")
+
+    with worker(app):
+        [event_id] = fanout.send(Event(name="app/restarted"))
+        run = final(fanout, derived_id("restarted", event_id), timeout=30)
+    assert (run.status, run.output) == ("completed", "done")
+    assert calls == ["start", "start"]  # the failed attempt's message came back once

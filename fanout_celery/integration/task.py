@@ -12,7 +12,9 @@ What Celery sees of a run's attempt:
   "succeeded";
 - when the run ends, its **earlier attempts** (each a task of its own) get a final
   ``task-succeeded`` event, so none reads as waiting for ever;
-- a task given a run id that names no run **fails** (``RunNotFoundError``).
+- a task given a run id that names no run **fails** (``RunNotFoundError``);
+- an attempt stopped by Redis being away (or a write its replicas did not confirm) is
+  **retried** by Celery after one lease period, however many times it takes.
 """
 
 from __future__ import annotations
@@ -185,7 +187,18 @@ def register(app: Any, host: Host, definition: FunctionDef,
             raise RunNotFoundError(
                 f"{run_id!r} is not a run id: a function's task takes the id of a run "
                 "created by fanout.send or fanout.invoke, not data")
-        outcome = run_attempt(host.services, definition, run_id, task.request.id or "")
+        services = host.services
+        try:
+            outcome = run_attempt(services, definition, run_id, task.request.id or "")
+        except Exception as exc:
+            if not services.store.transient(exc):
+                raise
+            # Redis was away, or a write was not confirmed by its replicas (wait_replicas)
+            # and may be lost in a failover: then not even the run's start may have
+            # survived, and nothing would take the run up again but the dispatch cover.
+            # The message comes back once a lease taken by this attempt has expired.
+            raise task.retry(exc=exc, countdown=services.settings.lease_seconds,
+                             max_retries=None) from exc
         return task.report(run_id, outcome)
 
     # Celery builds the task's signature check by exec'ing a `def <__name__>(...)`:
