@@ -172,13 +172,16 @@ def matching(fanout: Fanout, f: RunFilter, limit: int, offset: int = 0,
     kept: list[Run] = []
     read, batch = 0, 200
     while len(kept) < offset + limit + 1 and read < SCAN:
+        # Each read pages from the newest run again: doubling the batch keeps the ids read
+        # again within about as many as there are (5 reads for a whole scan, not 25).
         found = fanout.list_runs(function=f.function, status=f.status, since=f.since,
-                                 until=f.until, event_id=f.event_id, limit=batch,
-                                 offset=read)
+                                 until=f.until, event_id=f.event_id,
+                                 limit=min(batch, SCAN - read), offset=read)
         read += len(found.runs)
         kept += [r for r in found.runs if f.keeps(r)]
         if not found.more:
             break
+        batch *= 2
     return kept[offset:offset + limit], len(kept) > offset + limit or read >= SCAN
 
 

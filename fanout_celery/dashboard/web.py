@@ -23,6 +23,7 @@ from ..errors import FanoutError
 from ..fanout import Fanout
 from ..model.durations import parse_duration
 from ..model.records import STATUSES
+from ..model.runs import Run
 from . import views
 from .metrics import render_metrics
 
@@ -181,6 +182,16 @@ class Dashboard:
                           query=urlencode({k: v for k, v in q.items()
                                            if k in FILTER_FIELDS and v}), **data)
 
+    def _bulk_targets(self, request: Request, action: str,
+                      ) -> Response | tuple[list[Run], bool]:
+        """The runs ``action`` applies to under the request's filter, or the error page."""
+        if action not in BULK_ACTIONS:
+            return self._error(request, "a bulk action is cancel or rerun")
+        try:
+            return views.bulk_targets(self.fanout, self._filter(request), action)
+        except (FanoutError, ValueError) as exc:
+            return self._error(request, str(exc))
+
     async def bulk(self, request: Request) -> Response:
         """The dry run of a bulk action: how many runs the current filter selects, the
         first of them, and the form that applies the action."""
@@ -189,12 +200,10 @@ class Dashboard:
         if self.config.read_only:
             return PlainTextResponse("this dashboard is read-only", status_code=403)
         action = request.query_params.get("action", "")
-        if action not in BULK_ACTIONS:
-            return self._error(request, "a bulk action is cancel or rerun")
-        try:
-            targets, more = views.bulk_targets(self.fanout, self._filter(request), action)
-        except (FanoutError, ValueError) as exc:
-            return self._error(request, str(exc))
+        found = self._bulk_targets(request, action)
+        if isinstance(found, Response):
+            return found
+        targets, more = found
         fields = {k: v for k, v in request.query_params.items() if k in FILTER_FIELDS and v}
         return self._page(request, "bulk.html", action=action, targets=targets, more=more,
                           fields=fields, limit=views.BULK, human=views.human)
@@ -203,14 +212,12 @@ class Dashboard:
         form = await self._action(request)
         if isinstance(form, Response):
             return form
-        action = form.get("action", "")
-        if action not in BULK_ACTIONS:
-            return self._error(request, "a bulk action is cancel or rerun")
         # The filter travels in the query string, as on the dry run's page.
-        try:
-            targets, _ = views.bulk_targets(self.fanout, self._filter(request), action)
-        except (FanoutError, ValueError) as exc:
-            return self._error(request, str(exc))
+        found = self._bulk_targets(request, form.get("action", ""))
+        if isinstance(found, Response):
+            return found
+        action = form["action"]
+        targets, _ = found
         done = 0
         for run in targets:
             try:

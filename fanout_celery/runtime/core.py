@@ -213,7 +213,7 @@ class StepCore:
             "status": "completed", "output": value, "attempts": plan.attempt + 1,
             "started_at": plan.started, "ended_at": self.state.clock(), "seq": self.seq(plan.record),
         }
-        if plan.record is not None and (errors := earlier_errors(plan.record)):
+        if errors := earlier_errors(plan.record):
             record["errors"] = errors
         encoded, stored = self.encode(plan.key, record)
         output = stored["output"]
@@ -235,7 +235,7 @@ class StepCore:
         now = self.state.clock()
         base = {"error": error_info(exc), "attempts": plan.attempt + 1,
                 "started_at": plan.started, "ended_at": now, "seq": self.seq(plan.record)}
-        if plan.record is not None and (errors := earlier_errors(plan.record)):
+        if errors := earlier_errors(plan.record):
             base["errors"] = errors
         if isinstance(exc, NonRetriableError) or plan.attempt >= plan.policy.max_retries:
             encoded, stored = self.encode(key, {"status": "failed", **base})

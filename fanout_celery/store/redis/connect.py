@@ -62,16 +62,15 @@ BACKOFF_CAP = 2.0
 
 
 class StateRetry(Retry):
-    """redis-py's ``Retry``, except that a refused login is never retried (``REFUSED``:
-    redis-py counts it among connection errors, so it would back off for seconds)."""
+    """redis-py's ``Retry``, retrying only what ``is_transient`` calls transient: not a
+    refused login (``REFUSED``), which redis-py counts among connection errors, so it
+    would back off for seconds."""
 
     def call_with_retry(self, do: Callable[[], T], fail: Callable[..., Any],
                         is_retryable: Callable[[Exception], bool] | None = None,
                         with_failure_count: bool = False) -> T:
         def retryable(error: Exception) -> bool:
-            if isinstance(error, REFUSED):
-                return False
-            return is_retryable(error) if is_retryable is not None else True
+            return is_transient(error) and (is_retryable is None or is_retryable(error))
 
         return super().call_with_retry(do, fail, retryable,  # type: ignore[call-arg]
                                        with_failure_count)
