@@ -28,6 +28,7 @@ from fanout_celery import (
     RetryPolicy,
 )
 from fanout_celery.encryption import MARK, DecryptionError, EncryptionMiddleware
+from fanout_celery.model.records import unpack_step
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +80,7 @@ def open_with(key: str, value: dict[str, str]) -> Any:
 
 
 def raw_step(client: redis.Redis, fanout: Fanout, run_id: str, step: str) -> dict[str, Any]:
-    return json.loads(fanout.store.step_record(run_id, step))
+    return unpack_step(fanout.store.step_record(run_id, step))
 
 
 def raw_output(client: redis.Redis, fanout: Fanout, run_id: str) -> Any:

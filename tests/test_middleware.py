@@ -18,7 +18,6 @@ Real redis-server and real in-process Celery workers.
 
 from __future__ import annotations
 
-import json
 import logging
 from functools import partial
 from typing import Any
@@ -35,6 +34,7 @@ from fanout_celery import (
     NonRetriableError,
     RetryPolicy,
 )
+from fanout_celery.model.records import unpack_step
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,7 @@ def test_transform_output_nests_in_order_and_transform_input_unwraps_in_reverse(
 
     assert done.status == "completed"
     # Stored: B's layer outside A's. Read back: B unwraps first, then A.
-    stored = json.loads(fanout.store.step_record(done.id, "s"))
+    stored = unpack_step(fanout.store.step_record(done.id, "s"))
     assert stored["output"] == {"B": {"A": {"n": 1}}}
     assert done.output == {"B": {"A": "done"}}
     assert seen == [{"n": 1}, {"n": 1}]  # first run (not transformed) and replay

@@ -20,6 +20,7 @@ from fanout_celery import (
 from fanout_celery.model.cron import parse_cron
 from fanout_celery.model.events import dumps, now_ms, prepare, prepare_batch
 from fanout_celery.model.patterns import check_pattern, matches, resolve_path
+from fanout_celery.model.records import pack_step, step_status, unpack_step
 from fanout_celery.model.retry import retry_at_ms
 from fanout_celery.model.settings import Settings, redact_url
 
@@ -435,3 +436,39 @@ def test_the_pump_waits_until_the_earliest_timer_at_most_an_interval(due_in_ms, 
     due = None if due_in_ms is None else now_ms() + due_in_ms
     pump = Pump(_NextDue(due), None, None, None, None)  # type: ignore[arg-type]
     assert pump.pause(5.0) == pytest.approx(expected, abs=0.05)
+
+
+# -- step records as stored -------------------------------------------------------------
+@pytest.mark.parametrize("record", [
+    {"status": "completed", "output": {"a": [1, "x"]}, "attempts": 1, "started_at": 1_796_000_000_000,
+     "ended_at": 1_796_000_000_042, "seq": 3},
+    {"status": "retrying", "error": {"type": "E", "message": "m"}, "attempts": 2,
+     "retry_at": 7, "started_at": 5, "ended_at": 5, "seq": 0},
+    {"status": "waiting", "kind": "wait_for_event", "event": "app/x", "timeout_at": 9,
+     "started_at": 4, "seq": 1},
+    {"status": "completed", "kind": "send_event", "output": ["id"], "sent": 1, "seq": 2},
+    {"status": "completed", "output": None, "attempts": 1, "started_at": "5", "ended_at": "6"},
+], ids=["run", "retrying", "waiting", "send_event", "text-times"])
+def test_a_step_record_reads_back_as_it_was_written(record):
+    assert unpack_step(pack_step(record)) == record
+
+
+def test_a_completed_step_of_a_small_output_fits_a_redis_listpack_value():
+    # Redis keeps a hash as a listpack while every value is at most 64 bytes
+    # (hash-max-listpack-value): a step table of small outputs stays compact.
+    stored = pack_step({"status": "completed", "output": 12345, "attempts": 1,
+                        "started_at": 1_796_235_794_103, "ended_at": 1_796_235_794_150,
+                        "seq": 99})
+    assert len(stored.encode()) <= 64, stored
+    assert "status" not in stored
+
+
+def test_a_step_record_in_the_earlier_format_is_read_as_it_is():
+    earlier = ('{"status":"completed","output":28,"attempts":1,"started_at":1796235676167,'
+               '"ended_at":1796235676167,"seq":7}')
+    assert unpack_step(earlier) == {"status": "completed", "output": 28, "attempts": 1,
+                                    "started_at": 1796235676167, "ended_at": 1796235676167,
+                                    "seq": 7}
+    assert step_status(earlier) == "completed"
+    assert step_status(pack_step({"status": "sleeping", "seq": 0})) == "sleeping"
+    assert step_status(None) is None

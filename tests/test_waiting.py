@@ -7,7 +7,6 @@ Conditions are polled with deadlines; the only sleeps are for durations under te
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from fanout_celery import (
 )
 from fanout_celery.model.durations import parse_duration
 from fanout_celery.model.events import FUNCTION_CANCELLED, FUNCTION_INVOKED, derived_id
+from fanout_celery.model.records import unpack_step
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ def step_of(run, step_id: str):
 
 
 def raw_step(fanout: Fanout, run_id: str, step_id: str) -> dict:
-    return json.loads(fanout.store.step_record(run_id, step_id))
+    return unpack_step(fanout.store.step_record(run_id, step_id))
 
 
 def executions(fanout: Fanout, run_id: str) -> int:

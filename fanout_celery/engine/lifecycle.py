@@ -23,7 +23,9 @@ from ..model.records import (
     cancelled_info,
     event_matches,
     match_bucket,
+    pack_step,
     split_waiter_field,
+    unpack_step,
     waiter_field,
 )
 from ..model.settings import Settings
@@ -131,7 +133,7 @@ class Lifecycle:
         current = self.store.step_record(run_id, step_key)
         if current is None:
             return None
-        return dumps({**json.loads(current), **new})
+        return pack_step({**unpack_step(current), **new})
 
     def _cancel_matching(self, name: str, entries: dict[str, str],
                          events: Sequence[dict[str, Any]], now: int) -> None:
@@ -164,7 +166,7 @@ class Lifecycle:
             # out, neither of which can happen any more: drop it, or it stays forever.
             self.store.drop_waiters([
                 WaiterRef(rec["event"], rec.get("bucket", ANY_BUCKET), waiter_field(run_id, key))
-                for key, rec in ((k, json.loads(v)) for k, v in steps.items())
+                for key, rec in ((k, unpack_step(v)) for k, v in steps.items())
                 if rec.get("kind") == "wait_for_event" and rec.get("status") == "waiting"])
             function_id = raw.get("function", "")
             logger.info("run %s of %s cancelled: %s", run_id, function_id, reason)
@@ -234,7 +236,7 @@ class Lifecycle:
         current = self.store.step_record(parent, group)
         if current is None:
             return
-        record = json.loads(current)
+        record = unpack_step(current)
         now = now_ms()
         result = {"status": outcome["status"], "kind": "branch", "attempts": 1,
                   "started_at": int(run.get("started_at") or now), "ended_at": now,
@@ -243,8 +245,8 @@ class Lifecycle:
             result["output"] = outcome.get("output")
         else:
             result["error"] = outcome.get("error")
-        joined = dumps({**record, "status": "joined", "ended_at": now})
+        joined = pack_step({**record, "status": "joined", "ended_at": now})
         self._wake(parent, self.store.join(
-            parent, group, branch_field(group, index), dumps(result),
+            parent, group, branch_field(group, index), pack_step(result),
             branches=int(record.get("branches", 0)), joined=joined,
             deadline=now + self.settings.redispatch_ms))

@@ -4,12 +4,12 @@ reads back. No I/O here: sinks live in ``fanout_celery.sinks`` (or your code).""
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
 from ..errors import ConfigurationError
+from .records import pack_step, unpack_step
 from .runs import Run
 
 
@@ -73,13 +73,13 @@ def archive_record(run_id: str, raw: dict[str, str], steps: dict[str, str],
         "children": children, "rerun_of": run.rerun_of, "archived_at": archived_at,
         "steps": [{"id": s.id, "kind": s.kind, "status": s.status, "attempts": s.attempts,
                    "output": s.output, "error": s.error} for s in run.steps],
-        "record": {"run": dict(raw), "steps": {k: json.loads(v) for k, v in steps.items()}},
+        "record": {"run": dict(raw), "steps": {k: unpack_step(v) for k, v in steps.items()}},
     }
 
 
 def run_from_record(record: dict[str, Any]) -> Run | None:
     """The ``Run`` of an archive record (``archived`` set)."""
     stored = record.get("record") or {}
-    steps = {k: json.dumps(v) for k, v in (stored.get("steps") or {}).items()}
+    steps = {k: pack_step(v) for k, v in (stored.get("steps") or {}).items()}
     run = Run.from_store(str(record.get("id", "")), dict(stored.get("run") or {}), steps)
     return None if run is None else replace(run, archived=True)

@@ -3,21 +3,21 @@
 A run record has static fields, set once when the run is created (its function, task,
 queue, parent...), and fields that change while it executes (status, attempt, lease,
 output, error, timestamps). ``NewRun`` carries the static ones; the store adds the rest.
-Step records are JSON objects in the run's step table; their ``status`` is one of
-``STEP_STATUSES``.
+Step records are JSON objects in the run's step table (written by ``pack_step``, read by
+``unpack_step``); their ``status`` is one of ``STEP_STATUSES``.
 """
 
 from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from .definition import Subscription
-from .events import derived_id
+from .events import derived_id, dumps
 from .patterns import resolve_path
 
 STATUSES = ("queued", "running", "sleeping", "waiting", "paused", "completed", "failed",
@@ -34,6 +34,49 @@ MAX_ERROR_MESSAGE = 4000
 MAX_TRACEBACK = 8000
 
 WAIT_SEP = "\x1f"
+
+# -- step records as stored -------------------------------------------------------------
+# The fields every record has are stored under one letter, a completed record leaves its
+# status out, and its end is kept as a duration from its start. A ten-step run's records
+# of small outputs then stay within Redis's listpack limit for hash values
+# (hash-max-listpack-value, 64 bytes), so its step table is a listpack, not a hash table
+# (about a third of the memory: BENCHMARKS.md, figure 6). Records in the format before
+# this one (long names, always a "status") are read as they are.
+_SHORT = {"status": "s", "output": "o", "attempts": "a", "started_at": "t", "seq": "q"}
+_LONG = {short: name for name, short in _SHORT.items()}
+_DURATION = "d"
+
+
+def pack_step(record: Mapping[str, Any]) -> str:
+    """A step record as stored (strict JSON: see ``dumps``)."""
+    out: dict[str, Any] = {}
+    start = record.get("started_at")
+    for name, value in record.items():
+        if name == "status" and value == "completed":
+            continue
+        if name == "ended_at" and type(start) is int and type(value) is int:
+            out[_DURATION] = value - start
+            continue
+        out[_SHORT.get(name, name)] = value
+    return dumps(out)
+
+
+def unpack_step(text: str | bytes) -> dict[str, Any]:
+    """A stored step record, with its fields' full names."""
+    stored: dict[str, Any] = json.loads(text)
+    if "status" in stored:  # written before the compact format
+        return stored
+    record: dict[str, Any] = {"status": stored.pop("s", "completed")}
+    for name, value in stored.items():
+        record[_LONG.get(name, name)] = value
+    if _DURATION in record:
+        record["ended_at"] = record["started_at"] + record.pop(_DURATION)
+    return record
+
+
+def step_status(text: str | bytes | None) -> str | None:
+    """The status of a stored step record (None: no record)."""
+    return None if text is None else str(unpack_step(text)["status"])
 
 
 @dataclass(frozen=True)

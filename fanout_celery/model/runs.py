@@ -7,13 +7,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .records import FINAL, STATUSES
+from .records import FINAL, STATUSES, unpack_step
 
 __all__ = ["FINAL", "STATUSES", "Run", "RunNode", "StepRecord"]
 
 
 def _time(ms: str | None) -> datetime | None:
     return None if not ms else datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+
+
+# The kind-specific fields of a step record, shown as its detail.
+_DETAIL = ("wake_at", "event", "timeout_at", "child_run_id", "function_id", "retry_at",
+           "branches")
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,8 @@ class StepRecord:
 
     @classmethod
     def from_json(cls, step_id: str, raw: str) -> tuple[tuple[int, int], StepRecord]:
-        rec = json.loads(raw)
-        detail = {k: rec[k] for k in ("wake_at", "event", "timeout_at", "child_run_id",
-                                      "function_id", "retry_at", "branches") if k in rec}
+        rec = unpack_step(raw)
+        detail: dict[str, Any] = {k: rec[k] for k in _DETAIL if k in rec}
         # Branch results of a parallel group share the group's seq; order them by branch.
         return (rec.get("seq", 0), rec.get("branch", -1)), cls(
             id=step_id, status=rec["status"], output=rec.get("output"), error=rec.get("error"),

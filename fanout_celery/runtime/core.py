@@ -10,7 +10,6 @@ says (a replay) or does its work and records it through the attempt's state
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -26,8 +25,7 @@ from ..errors import (
     Suspend,
     TooManyStepsError,
 )
-from ..model.events import dumps
-from ..model.records import earlier_errors, error_info
+from ..model.records import earlier_errors, error_info, pack_step, unpack_step
 from ..model.retry import RetryPolicy, retry_at_ms
 from ..model.typed import output_model
 from .ports import StepCall
@@ -148,7 +146,7 @@ class StepCore:
     def encode(self, key: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The record as stored, and as read back (so first run and replay agree)."""
         try:
-            encoded = dumps(record)
+            encoded = pack_step(record)
             size = len(encoded.encode())  # lone surrogates pass dumps, not UTF-8
         except (TypeError, ValueError, RecursionError) as exc:
             raise StepOutputError(f"step {key!r} returned a value that is not JSON: {exc}") \
@@ -160,8 +158,7 @@ class StepCore:
                 f"{limit} (fanout_max_step_output_bytes); store it elsewhere and return a "
                 "reference"
             )
-        parsed: dict[str, Any] = json.loads(encoded)
-        return encoded, parsed
+        return encoded, unpack_step(encoded)
 
     # -- step.run ---------------------------------------------------------------------
     def plan_run(self, step_id: str, fn: Any, retries: int | RetryPolicy | None,

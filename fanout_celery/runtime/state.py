@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from ..model.definition import FunctionDef
+from ..model.records import unpack_step
 from ..model.settings import Settings
 from ..store.port import WaiterRef
 from .journal import Journal
@@ -35,7 +36,7 @@ class AttemptState:
         self.run = run
         # A branch run of a parallel group replays the parent's steps up to the group.
         self.memo: dict[str, dict[str, Any]] = {
-            k: json.loads(v) for k, v in {**(parent_steps or {}), **steps}.items()}
+            k: unpack_step(v) for k, v in {**(parent_steps or {}), **steps}.items()}
         self.branch: tuple[str, int] | None = (
             (run["branch_step"], int(run["branch_index"])) if run.get("branch_of") else None)
         self.is_async = inspect.iscoroutinefunction(function.handler)
@@ -97,7 +98,7 @@ class AttemptState:
 
     def reload_steps(self) -> None:
         """Read the step table again (a parallel group was joined while parking)."""
-        self.memo.update({k: json.loads(v) for k, v in self.journal.load_steps().items()})
+        self.memo.update({k: unpack_step(v) for k, v in self.journal.load_steps().items()})
 
     # -- writes -----------------------------------------------------------------------
     def checkpoint(self, key: str, encoded: str, record: dict[str, Any], *,
@@ -138,7 +139,7 @@ class AttemptState:
         self.flush()
         current = self.journal.settle(key, expect, encoded, waits)
         if current is not None and current:
-            record = json.loads(current)
+            record = unpack_step(current)
         self.memo[key] = record
         return record
 
@@ -152,7 +153,7 @@ class AttemptState:
                                     expect, {**fields, **(extra or {})})
         if current is None:
             return None
-        record: dict[str, Any] = json.loads(current) if current else {}
+        record: dict[str, Any] = unpack_step(current) if current else {}
         if expect is not None:
             self.memo[expect[0]] = record
         return record

@@ -143,8 +143,9 @@ class Store(Protocol):
                steps_retention_ms: int | None = None, archive_at: int = 0) -> None:
         """Mark the run final, release its lease and expire it after the retention (its
         step records after ``steps_retention_ms``, when shorter); ``steps`` (buffered
-        checkpoints) are written first, in the same write. ``archive_at`` (ms, 0: none):
-        queue the run for the history sink, in the same write."""
+        checkpoints) are written first, in the same write; a field of ``fields`` whose value
+        is empty is removed. ``archive_at`` (ms, 0: none): queue the run for the history
+        sink, in the same write."""
 
     def renew(self, leases: Sequence[tuple[str, str]], lease_exp: int) -> list[bool]:
         """Renew the leases ``(run_id, token)`` still held; returns which were."""

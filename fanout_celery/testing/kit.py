@@ -27,9 +27,17 @@ from ..engine.lifecycle import Lifecycle
 from ..engine.router import Router
 from ..engine.sending import Sender
 from ..model.definition import FunctionDef, Subscription
-from ..model.events import Event, derived_id, dumps, now_ms, prepare
+from ..model.events import Event, derived_id, now_ms, prepare
 from ..model.flowcontrol import FlowControl
-from ..model.records import ANY_BUCKET, FINAL, RunMessage, branch_runs, waiter_field
+from ..model.records import (
+    ANY_BUCKET,
+    FINAL,
+    RunMessage,
+    branch_runs,
+    pack_step,
+    unpack_step,
+    waiter_field,
+)
 from ..model.settings import Settings
 from ..runtime import Services, run_attempt
 from ..runtime.ports import StepCall
@@ -241,7 +249,7 @@ class Kit:
                 None, int(after["attempt"]), json.loads(after.get("error") or "{}"),
                 max(int(after.get("wake_at") or 0) - self.clock(), 0) / 1000))
         for key, raw in self.store.load_steps(run_id).items():
-            record = json.loads(raw)
+            record = unpack_step(raw)
             if record["status"] == "retrying":
                 self.retries.append(Retry(
                     key, int(record["attempts"]), record.get("error") or {},
@@ -251,7 +259,7 @@ class Kit:
         """Bring the parked run's next event about: a stubbed outcome, branch runs driven
         to their end, or the clock moved on to its wake time."""
         for key, raw in self.store.load_steps(run_id).items():
-            record = json.loads(raw)
+            record = unpack_step(raw)
             kind, status = record.get("kind"), record["status"]
             if kind == "parallel" and status == "parallel":
                 for i in range(int(record["branches"])):
@@ -278,7 +286,7 @@ class Kit:
         if resolved is None:  # a timeout: the step's own code settles it, when it is due
             self.clock.advance_to(int(record["timeout_at"]))
             return
-        self.store.resolve(run_id, key, record["status"], dumps(resolved),
+        self.store.resolve(run_id, key, record["status"], pack_step(resolved),
                            deadline=self.clock(), waiter=waiter)
 
 
@@ -287,7 +295,7 @@ def sleeps_of(store: MemoryStore, run_ids: Sequence[str]) -> list[Sleep]:
     out: list[tuple[int, Sleep]] = []
     for run_id in run_ids:
         for key, raw in store.load_steps(run_id).items():
-            record = json.loads(raw)
+            record = unpack_step(raw)
             if record.get("kind") == "sleep" and record["status"] == "completed":
                 wake = int(record["wake_at"])
                 started = int(record.get("started_at") or wake)

@@ -14,7 +14,7 @@ import pytest
 
 from fanout_celery.errors import CancelRequested, LeaseLostError
 from fanout_celery.model.definition import Subscription
-from fanout_celery.model.records import NewRun, Route, match_bucket, new_run
+from fanout_celery.model.records import NewRun, Route, match_bucket, new_run, pack_step
 from fanout_celery.store.memory import MemoryStore
 from fanout_celery.store.port import (
     CancelEntry,
@@ -410,6 +410,41 @@ def test_a_branch_join_wakes_the_parent_when_the_last_result_arrives(store: Stor
                       joined=joined, deadline=now())
     assert last.outcome == "woken"
     assert store.step_record(run.run_id, "g") == joined
+
+
+# Runs in flight across an upgrade keep the step records written in the format before the
+# compact one (full field names, the status always present): the scripts read both.
+FORMATS = {"compact": pack_step, "full-names": lambda record: json.dumps(record)}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_step_is_resolved_and_joined_by_its_status_in_either_record_format(
+        store: Store, fmt: str) -> None:
+    write = FORMATS[fmt]
+    [run] = create(store, event(1))
+    started(store, run.run_id)
+    store.checkpoint(run.run_id, "t1", "w", write({"status": "invoking", "started_at": 5}),
+                     lease_exp=now() + 1000)
+    store.checkpoint(run.run_id, "t1", "g", write({"status": "parallel", "branches": 1}),
+                     lease_exp=now() + 1000)
+    ended = write({"status": "completed", "branches": 1})
+    store.checkpoint(run.run_id, "t1", "h", ended, lease_exp=now() + 1000)
+    assert store.park(run.run_id, "t1", "waiting", wake_at=None,
+                      expect=("w", "invoking")) is None
+    done = write({"status": "completed", "output": 1, "started_at": 5, "ended_at": 9})
+    assert store.resolve(run.run_id, "w", "invoking", done, deadline=now()).outcome == "woken"
+    # Completed: no longer "invoking", whether its status is written or left out.
+    assert store.resolve(run.run_id, "w", "invoking", write({"status": "failed"}),
+                         deadline=now()).outcome == "none"
+    assert store.step_record(run.run_id, "w") == done
+    joined = write({"status": "joined"})
+    store.join(run.run_id, "g", "g[0]", write({"status": "completed"}), branches=1,
+               joined=joined, deadline=now())
+    assert store.step_record(run.run_id, "g") == joined
+    # A group no longer "parallel" (here: completed, its status left out) is not joined.
+    store.join(run.run_id, "h", "h[0]", write({"status": "completed"}), branches=1,
+               joined=joined, deadline=now())
+    assert store.step_record(run.run_id, "h") == ended
 
 
 def test_cancel_of_a_queued_run_is_immediate_and_final(store: Store) -> None:

@@ -7,14 +7,13 @@ Expiry is lazy, against ``clock`` (epoch ms): a record past its expiry reads as 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ...errors import LeaseLostError
-from ...model.records import Route, route_of_meta
+from ...model.records import Route, route_of_meta, step_status
 
 
 def _wall_ms() -> int:
@@ -22,7 +21,7 @@ def _wall_ms() -> int:
 
 
 def status_of(record: str | None) -> str | None:
-    return None if record is None else json.loads(record).get("status")
+    return step_status(record)
 
 
 class MemoryBase:

@@ -245,7 +245,11 @@ class MemoryStore(MemoryQueries, MemoryFlow, MemoryTimers):
             run = self._holds(run_id, token)
             self.steps.setdefault(run_id, {}).update(steps)
             run["status"] = status
-            run.update(fields)
+            for name, value in fields.items():
+                if value == "":
+                    run.pop(name, None)
+                else:
+                    run[name] = value
             self._unlease(run_id, run)
             for name in ("wake_at", "cancel"):
                 run.pop(name, None)

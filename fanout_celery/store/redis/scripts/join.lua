@@ -11,6 +11,6 @@ for i = 0, n - 1 do
   if redis.call('HEXISTS', KEYS[2], ARGV[2] .. '[' .. i .. ']') == 0 then return 0 end
 end
 local group = redis.call('HGET', KEYS[2], ARGV[2])
-if not group or cjson.decode(group)['status'] ~= 'parallel' then return 0 end
+if not group or step_status(group) ~= 'parallel' then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[6])
 return wake_parked(KEYS[1], KEYS[3], ARGV[1], ARGV[7])

@@ -12,7 +12,7 @@
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] then return 0 end
 if ARGV[7] ~= '' then
   local cur = redis.call('HGET', KEYS[2], ARGV[5])
-  if not cur or cjson.decode(cur)['status'] ~= ARGV[7] then return {'changed', cur or ''} end
+  if not cur or step_status(cur) ~= ARGV[7] then return {'changed', cur or ''} end
 end
 if ARGV[5] ~= '' and ARGV[6] ~= '' then redis.call('HSET', KEYS[2], ARGV[5], ARGV[6]) end
 if redis.call('HEXISTS', KEYS[1], 'cancel') == 1 then return -1 end

@@ -20,3 +20,10 @@ local function notify_done(key, status)
   redis.call('RPUSH', key, status)
   redis.call('PEXPIRE', key, DONE_NOTICE_MS)
 end
+
+-- A step record's status: records leave it out when completed (model/records.py,
+-- pack_step); those written before that format always have it under its full name.
+local function step_status(record)
+  local rec = cjson.decode(record)
+  return rec['s'] or rec['status'] or 'completed'
+end

@@ -8,7 +8,7 @@
 -- executing (it sees the record when it parks), 0 when there was nothing to resolve.
 if ARGV[5] ~= '' then redis.call('HDEL', KEYS[4], ARGV[5]) end
 local cur = redis.call('HGET', KEYS[2], ARGV[2])
-if not cur or cjson.decode(cur)['status'] ~= ARGV[3] then return 0 end
+if not cur or step_status(cur) ~= ARGV[3] then return 0 end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or is_final(status) then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])

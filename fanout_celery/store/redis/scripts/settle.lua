@@ -7,7 +7,7 @@
 -- {'changed', record} when the step is no longer in the expected status.
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] then return 0 end
 local cur = redis.call('HGET', KEYS[2], ARGV[3])
-if not cur or cjson.decode(cur)['status'] ~= ARGV[4] then return {'changed', cur or ''} end
+if not cur or step_status(cur) ~= ARGV[4] then return {'changed', cur or ''} end
 if ARGV[7] ~= '' then redis.call('HDEL', KEYS[4], ARGV[7]) end
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
 redis.call('HSET', KEYS[1], 'lease_exp', ARGV[6])
