@@ -56,8 +56,8 @@ def fig_memory(b: Bench) -> None:
                   f"{per_run / per_result:.1f}x" if per_result > 0 else "")
             kept = b.notes.get(f"{note}_kept")
             if kept is not None:
-                b.say(f"    once its done notice expired (a minute after the run's end), "
-                      f"for the retention: {_bytes(kept)}")
+                b.say(f"    kept for the retention (once its done notice and its event's "
+                      f"entry among the recent events have expired): {_bytes(kept)}")
                 b.row("6", "  the same, kept for the retention", _bytes(kept),
                       _bytes(per_result), f"{kept / per_result:.1f}x" if per_result > 0 else "",
                       "<= 2,000 B", kept <= 2000)

@@ -131,10 +131,12 @@ def _steps_side(b: Bench, side: str, n: int) -> dict[str, float]:
     elapsed = time.perf_counter() - started
     state1, cpu1 = b.state.snapshot(), b.worker.cpu()
     # What stays for the retention: without the notices that wake wait_for_run callers,
-    # which expire a minute after each run's end (removed here rather than waited for).
-    done_notices = list(b.state.client.scan_iter(match="*:done", count=1000))
-    if done_notices:
-        b.state.client.delete(*done_notices)
+    # which expire a minute after each run's end, and the events' entries among the
+    # recent events of their name, kept for wait_lookback (removed here, not waited for).
+    transient = [*b.state.client.scan_iter(match="*:done", count=1000),
+                 *b.state.client.scan_iter(match="*:recent:*", count=1000)]
+    if transient:
+        b.state.client.delete(*transient)
     settled = b.state.snapshot()
     return {"seconds": elapsed, "cpu": cpu1 - cpu0,
             "redis_cpu": b.state.delta(state0, state1, "cpu"),
