@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 
 from fanout_celery.model.events import derived_id
+from fanout_celery.model.records import unpack_step
 from fanout_celery.runtime import run_attempt
 
 from .harness import Bench, count, ms, percentile, us
@@ -105,8 +106,8 @@ def _sleep_lateness(b: Bench, k: int, nap: float, isolated: bool = False) -> lis
     run_ids = [derived_id("bench-sleep", i) for i in ids]
     for start in range(0, len(run_ids), 500):
         for _, steps in b.fanout.store.load_runs(run_ids[start:start + 500]):
-            wake_at = json.loads(steps["nap"])["wake_at"]
-            after = json.loads(steps["after"])["output"]
+            wake_at = unpack_step(steps["nap"])["wake_at"]
+            after = unpack_step(steps["after"])["output"]
             lateness.append(after * 1000 - wake_at)
             wakes.append(wake_at)
     if not isolated:
