@@ -58,6 +58,8 @@ def fig_memory(b: Bench) -> None:
             if kept is not None:
                 b.say(f"    kept for the retention (once its done notice and its event's "
                       f"entry among the recent events have expired): {_bytes(kept)}")
+                for label, (size, encoding) in b.notes.get(f"{note}_keys", {}).items():
+                    b.say(f"      {label}: {_bytes(size)} ({encoding})")
                 b.row("6", "  the same, kept for the retention", _bytes(kept),
                       _bytes(per_result), f"{kept / per_result:.1f}x" if per_result > 0 else "",
                       "<= 2,000 B", kept <= 2000)

@@ -107,7 +107,10 @@ class RedisInfo:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
     def version(self) -> str:
-        return str(self.client.info("server").get("redis_version", "?"))
+        info = self.client.info("server")
+        if "valkey_version" in info:  # Valkey also reports the Redis version it matches
+            return f"valkey {info['valkey_version']}"
+        return str(info.get("redis_version", "?"))
 
 
 def masters_of(url: str) -> list[RedisInfo]:

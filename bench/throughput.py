@@ -122,7 +122,7 @@ def _steps_side(b: Bench, side: str, n: int) -> dict[str, float]:
     started = time.perf_counter()
     if side in ("fanout", "buffered"):
         name = "bench/steps" if side == "fanout" else "bench/steps-buffered"
-        b.fanout.send([{"name": name, "data": {"i": i, "tag": tag}} for i in range(n)])
+        ids = b.fanout.send([{"name": name, "data": {"i": i, "tag": tag}} for i in range(n)])
     else:
         group(plain_steps.s(i, tag) for i in range(n)).apply_async()
     b.wait_done(tag, n, timeout=60 + n * 0.1)
@@ -130,6 +130,8 @@ def _steps_side(b: Bench, side: str, n: int) -> dict[str, float]:
         b.wait_runs_settled()
     elapsed = time.perf_counter() - started
     state1, cpu1 = b.state.snapshot(), b.worker.cpu()
+    keys = _run_keys(b, "bench-steps" if side == "fanout" else "bench-steps-buffered",
+                     ids[0]) if side != "plain" else {}
     # What stays for the retention: without the notices that wake wait_for_run callers,
     # which expire a minute after each run's end, and the events' entries among the
     # recent events of their name, kept for wait_lookback (removed here, not waited for).
@@ -143,7 +145,21 @@ def _steps_side(b: Bench, side: str, n: int) -> dict[str, float]:
             "evalsha": b.state.delta(state0, state1, "cmdstat_evalsha"),
             "commands": b.state.delta(state0, state1, "commands"),
             "memory": b.state.delta(state0, state1, "used_memory"),
-            "memory_kept": b.state.delta(state0, settled, "used_memory")}
+            "memory_kept": b.state.delta(state0, settled, "used_memory"), "keys": keys}
+
+
+def _run_keys(b: Bench, function_id: str, event_id: str) -> dict[str, tuple[int, str]]:
+    """The bytes (MEMORY USAGE, every element counted) and encoding of each key of one
+    completed run."""
+    k, client = b.fanout.store.keys, b.state.client
+    run_id = derived_id(function_id, event_id)
+    out = {}
+    for label, key in (("run hash", k.run(run_id)), ("step table", k.steps(run_id)),
+                       ("event", k.event(event_id)), ("event's run set", k.event_runs(event_id)),
+                       ("done notice", k.done(run_id))):
+        out[label] = (int(client.memory_usage(key, samples=0) or 0),
+                      str(client.object("encoding", key)))
+    return out
 
 
 def fig_steps(b: Bench) -> None:
@@ -186,6 +202,7 @@ def fig_steps(b: Bench) -> None:
     buf_slower = buf["seconds"] / plain["seconds"]
     b.notes["steps_memory"] = fan["memory"] / n
     b.notes["steps_memory_kept"] = fan["memory_kept"] / n
+    b.notes["steps_memory_keys"] = fan["keys"]
     slower = fan["seconds"] / plain["seconds"]
     wall_step = (fan["seconds"] - plain["seconds"]) / (n * steps)
     cpu_step = (fan["cpu"] - plain["cpu"]) / (n * steps)
