@@ -17,12 +17,15 @@ from fanout_celery import (
     RetryAfterError,
     RetryPolicy,
 )
+from fanout_celery.engine.router import Router
 from fanout_celery.model.cron import parse_cron
+from fanout_celery.model.definition import Subscription
 from fanout_celery.model.events import dumps, now_ms, prepare, prepare_batch
 from fanout_celery.model.patterns import check_pattern, matches, resolve_path
 from fanout_celery.model.records import pack_step, step_status, unpack_step
 from fanout_celery.model.retry import retry_at_ms
 from fanout_celery.model.settings import Settings, redact_url
+from fanout_celery.store.memory import MemoryStore
 
 LIMIT = 512 * 1024
 
@@ -472,3 +475,23 @@ def test_a_step_record_in_the_earlier_format_is_read_as_it_is():
     assert step_status(earlier) == "completed"
     assert step_status(pack_step({"status": "sleeping", "seq": 0})) == "sleeping"
     assert step_status(None) is None
+
+
+# -- routing ----------------------------------------------------------------------------
+def test_the_router_matches_names_and_filters_and_sees_a_function_declared_later():
+    router = Router(MemoryStore())
+    router.add(Subscription("exact", ("shop/order.paid",), task="t1"))
+    router.add(Subscription("all-shop", ("shop/*",), task="t2"))
+    router.add(Subscription("big", ("shop/order.paid",), task="t3",
+                            where=(("data.total", 100),)))
+
+    def ids(name: str, **data: object) -> list[str]:
+        return sorted(s.function_id for s in router.subscribers({"name": name, "data": data}))
+
+    assert ids("shop/order.paid", total=5) == ["all-shop", "exact"]
+    assert ids("shop/order.paid", total=100) == ["all-shop", "big", "exact"]  # same name
+    assert ids("shop/refund") == ["all-shop"]
+    assert ids("mail/sent") == []
+    router.add(Subscription("mail", ("mail/*",), task="t4"))  # after those names were seen
+    assert ids("mail/sent") == ["mail"]
+    assert ids("shop/order.paid", total=5) == ["all-shop", "exact"]

@@ -18,6 +18,9 @@ logger = logging.getLogger("fanout")
 
 # How long a process trusts its copy of the published subscriptions.
 CACHE_SECONDS = 1.0
+# Event names whose subscribers are remembered (per copy of the subscriptions): beyond
+# this many distinct names, the memo starts again.
+NAMES_KEPT = 1024
 
 
 class Router:
@@ -31,10 +34,14 @@ class Router:
         self._remote: dict[str, Subscription] = {}
         self._loaded_at = float("-inf")
         self._lock = ForkSafeLock()
+        # Event name -> the subscriptions whose patterns match it: a send matches each
+        # event's name once per name, not against every subscription.
+        self._by_name: dict[str, list[Subscription]] = {}
 
     def add(self, sub: Subscription) -> None:
         self.local[sub.function_id] = sub
         self._published = False
+        self._by_name = {}
 
     def publish(self) -> None:
         """Publish this process's subscriptions, so processes without them can route."""
@@ -71,6 +78,7 @@ class Router:
                 self.table_missing = not raw_table
                 self._remote = remote
                 self._loaded_at = now
+                self._by_name = {}
             return {**self._remote, **self.local}
 
     def table_missing_for_sender(self) -> bool:
@@ -89,4 +97,12 @@ class Router:
         return local if local is not None else self.all().get(function_id)
 
     def subscribers(self, event: dict[str, Any]) -> list[Subscription]:
-        return [s for s in self.all().values() if s.events and s.accepts(event)]
+        table = self.all()
+        name = event["name"]
+        by_name = self._by_name
+        named = by_name.get(name)
+        if named is None:
+            if len(by_name) >= NAMES_KEPT:
+                by_name.clear()
+            named = by_name[name] = [s for s in table.values() if s.listens_to(name)]
+        return [s for s in named if s.admits(event)]

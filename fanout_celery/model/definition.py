@@ -91,8 +91,14 @@ class Subscription:
 
     def accepts(self, event: dict[str, Any]) -> bool:
         """Whether ``event`` (a stored event dict) starts a run of this function."""
-        if not any(matches(p, event["name"]) for p in self.events):
-            return False
+        return self.listens_to(event["name"]) and self.admits(event)
+
+    def listens_to(self, name: str) -> bool:
+        """Whether an event of this name can start a run of this function."""
+        return any(matches(p, name) for p in self.events)
+
+    def admits(self, event: dict[str, Any]) -> bool:
+        """Whether ``event``, of a name this function listens to, passes its ``where``."""
         return all(resolve_path(event, path) == value for path, value in self.where)
 
     @property

@@ -3,6 +3,7 @@ and the encoding of a run record's static fields."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -87,8 +88,13 @@ class RedisBase:
 
 
 def pack_meta(fields: dict[str, str]) -> str:
-    return json.dumps({k: v for k, v in fields.items() if k not in HOT_FIELDS},
-                      separators=(",", ":"))
+    return _packed(tuple(fields.items()))
+
+
+@functools.lru_cache(maxsize=1024)
+def _packed(items: tuple[tuple[str, str], ...]) -> str:
+    # The runs of a fan-out share their static fields: encoded once, not once a run.
+    return json.dumps({k: v for k, v in items if k not in HOT_FIELDS}, separators=(",", ":"))
 
 
 def expand(raw: dict[str, str]) -> dict[str, str]:

@@ -37,18 +37,22 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
             by_shard.setdefault(k.event_shard(ev["id"]), ([], []))[0].append(ev)
         for i, run in enumerate(runs):
             by_shard.setdefault(k.shard_of(run.run_id), ([], []))[1].append(i)
+        # Each event is encoded once: for its record, and for the run it alone starts.
+        encoded = {id(ev): json.dumps(ev, separators=(",", ":")) for ev in events}
         pipe = self.pipeline()
         for shard, (evs, indexes) in by_shard.items():
             keys: list[str] = [k.dispatch(shard), k.events(shard)]
             args: list[Any] = [now, dispatch_deadline, keep_events_ms, len(evs)]
             for ev in evs:
                 keys.append(k.event(ev["id"]))
-                args += [ev["id"], json.dumps(ev, separators=(",", ":"))]
+                args += [ev["id"], encoded[id(ev)]]
             for i in indexes:
                 run = runs[i]
                 keys += [k.run(run.run_id), k.function_runs(run.function_id, shard),
                          k.event_runs(run.event_ids[0], shard)]
-                args += [run.run_id, pack_meta(run.meta), run.events_json]
+                alone = encoded.get(id(run.events[0])) if len(run.events) == 1 else None
+                args += [run.run_id, pack_meta(run.meta),
+                         run.events_json if alone is None else f"[{alone}]"]
             self.scripts.create_runs.queue(pipe, keys, args)
         # After the events are stored: a wait registered between the two would otherwise
         # find the ids in `recent` but not the events.
