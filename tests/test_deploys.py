@@ -6,6 +6,7 @@ a change, and a new run down the new one. What each kind of change does is in
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -65,3 +66,38 @@ def test_a_run_parked_across_a_deploy_runs_each_completed_step_once(
     assert fresh.output["b"] == "b2@v2" and fresh.output["price"] == "price-v2@v2"
     assert counts(redis_client, fresh.id) == {"added": 1, "a": 1, "c": 1, "b2": 1, "d2": 1,
                                               "price-v2": 1}
+
+
+EARLIER_NAMES = {"status", "output", "attempts", "started_at", "ended_at", "seq"}
+
+
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "earlier-format"])
+def test_step_records_are_written_in_the_format_the_setting_names(
+        app: Celery, fanout: Fanout, worker: Any, state_client: Any, compact: bool) -> None:
+    """During a rolling upgrade from 0.1 (``fanout_compact_step_records = False``), every
+    record is written with the full names that workers of 0.1 read."""
+    app.conf.fanout_compact_step_records = compact
+    fanout.reload_settings()
+
+    @fanout.function("formats", event="app/formats")
+    def formats(ctx: Any) -> int:
+        a = ctx.step.run("a", lambda: 1)
+        ctx.step.sleep("nap", 0.05)
+        both = ctx.step.parallel("both", [lambda: a + 1, lambda: a + 2])
+        return int(ctx.step.run("b", lambda: sum(both)))
+
+    with worker(app):
+        [event_id] = fanout.send({"name": "app/formats"})
+        run_id = derived_id("formats", event_id)
+        assert fanout.wait_for_run(run_id, 20).output == 5
+    stored = state_client.hgetall(fanout.store.keys.steps(run_id))
+    assert set(stored) >= {"a", "nap", "both", "both[0]", "both[1]", "b"}
+    for key, raw in stored.items():
+        names = set(json.loads(raw))
+        if compact:
+            assert not names & EARLIER_NAMES, (key, raw)
+        else:
+            assert "status" in names and names <= EARLIER_NAMES | {
+                "kind", "wake_at", "branches", "branch"}, (key, raw)
+    # Read the same either way.
+    assert [s.status for s in fanout.get_run(run_id).steps].count("completed") >= 5

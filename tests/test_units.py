@@ -291,6 +291,7 @@ def test_settings_need_a_redis_url_when_the_broker_is_not_redis():
     ({"fanout_pump": "no"}, "fanout_pump must be True or False"),
     ({"fanout_task_events": 1}, "fanout_task_events must be True or False"),
     ({"fanout_fast_publish": "yes"}, "fanout_fast_publish must be True or False"),
+    ({"fanout_compact_step_records": 1}, "fanout_compact_step_records must be True or False"),
     ({"fanout_broker_transport": 0}, "fanout_broker_transport must be True or False"),
 ])
 def test_settings_reject_bad_values(conf, message):
@@ -495,3 +496,20 @@ def test_the_router_matches_names_and_filters_and_sees_a_function_declared_later
     router.add(Subscription("mail", ("mail/*",), task="t4"))  # after those names were seen
     assert ids("mail/sent") == ["mail"]
     assert ids("shop/order.paid", total=5) == ["all-shop", "exact"]
+
+
+def test_a_function_declared_while_a_send_routes_its_name_is_seen_by_the_next_send():
+    router = Router(MemoryStore())
+    router.add(Subscription("f1", ("app/x",), task="t1"))
+    snapshot = router._snapshot
+
+    def declared_meanwhile():  # another thread declares f2 right after the table is read
+        taken = snapshot()
+        router.add(Subscription("f2", ("app/x",), task="t2"))
+        return taken
+
+    event = {"name": "app/x", "data": {}}
+    router._snapshot = declared_meanwhile  # type: ignore[method-assign]
+    assert [s.function_id for s in router.subscribers(event)] == ["f1"]
+    router._snapshot = snapshot  # type: ignore[method-assign]
+    assert sorted(s.function_id for s in router.subscribers(event)) == ["f1", "f2"]

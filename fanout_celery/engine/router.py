@@ -39,9 +39,10 @@ class Router:
         self._by_name: dict[str, list[Subscription]] = {}
 
     def add(self, sub: Subscription) -> None:
-        self.local[sub.function_id] = sub
-        self._published = False
-        self._by_name = {}
+        with self._lock:
+            self.local[sub.function_id] = sub
+            self._published = False
+            self._by_name = {}
 
     def publish(self) -> None:
         """Publish this process's subscriptions, so processes without them can route."""
@@ -60,6 +61,11 @@ class Router:
         A table that is gone while this process has functions of its own means Redis
         lost its data (restarted without persistence, flushed): they are published again
         at once, so senders elsewhere route to them again."""
+        return self._snapshot()[0]
+
+    def _snapshot(self) -> tuple[dict[str, Subscription], dict[str, list[Subscription]]]:
+        """Every subscription, and the memo of subscribers by name made from them (read
+        together: a memo filled from an older table is never the current one)."""
         now = time.monotonic()
         with self._lock:
             if now - self._loaded_at > CACHE_SECONDS:
@@ -79,7 +85,7 @@ class Router:
                 self._remote = remote
                 self._loaded_at = now
                 self._by_name = {}
-            return {**self._remote, **self.local}
+            return {**self._remote, **self.local}, self._by_name
 
     def table_missing_for_sender(self) -> bool:
         """True when no function is published at all and this process declares none: a
@@ -97,9 +103,8 @@ class Router:
         return local if local is not None else self.all().get(function_id)
 
     def subscribers(self, event: dict[str, Any]) -> list[Subscription]:
-        table = self.all()
+        table, by_name = self._snapshot()
         name = event["name"]
-        by_name = self._by_name
         named = by_name.get(name)
         if named is None:
             if len(by_name) >= NAMES_KEPT:

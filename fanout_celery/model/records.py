@@ -47,8 +47,11 @@ _LONG = {short: name for name, short in _SHORT.items()}
 _DURATION = "d"
 
 
-def pack_step(record: Mapping[str, Any]) -> str:
-    """A step record as stored (strict JSON: see ``dumps``)."""
+def pack_step(record: Mapping[str, Any], compact: bool = True) -> str:
+    """A step record as stored (strict JSON: see ``dumps``); ``compact=False``: in the
+    earlier format, with full names (``fanout_compact_step_records``)."""
+    if not compact:
+        return dumps(record)
     out: dict[str, Any] = {}
     start = record.get("started_at")
     for name, value in record.items():
