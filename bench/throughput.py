@@ -130,8 +130,14 @@ def _steps_side(b: Bench, side: str, n: int) -> dict[str, float]:
         b.wait_runs_settled()
     elapsed = time.perf_counter() - started
     state1, cpu1 = b.state.snapshot(), b.worker.cpu()
-    keys = _run_keys(b, "bench-steps" if side == "fanout" else "bench-steps-buffered",
-                     ids[0]) if side != "plain" else {}
+    out = {"seconds": elapsed, "cpu": cpu1 - cpu0,
+           "redis_cpu": b.state.delta(state0, state1, "cpu"),
+           "evalsha": b.state.delta(state0, state1, "cmdstat_evalsha"),
+           "commands": b.state.delta(state0, state1, "commands"),
+           "memory": b.state.delta(state0, state1, "used_memory")}
+    if side == "plain":
+        return out
+    keys = _run_keys(b, "bench-steps" if side == "fanout" else "bench-steps-buffered", ids[0])
     # What stays for the retention: without the notices that wake wait_for_run callers,
     # which expire a minute after each run's end, and the events' entries among the
     # recent events of their name, kept for wait_lookback (removed here, not waited for).
@@ -139,13 +145,8 @@ def _steps_side(b: Bench, side: str, n: int) -> dict[str, float]:
                  *b.state.client.scan_iter(match="*:recent:*", count=1000)]
     if transient:
         b.state.client.delete(*transient)
-    settled = b.state.snapshot()
-    return {"seconds": elapsed, "cpu": cpu1 - cpu0,
-            "redis_cpu": b.state.delta(state0, state1, "cpu"),
-            "evalsha": b.state.delta(state0, state1, "cmdstat_evalsha"),
-            "commands": b.state.delta(state0, state1, "commands"),
-            "memory": b.state.delta(state0, state1, "used_memory"),
-            "memory_kept": b.state.delta(state0, settled, "used_memory"), "keys": keys}
+    return {**out, "memory_kept": b.state.delta(state0, b.state.snapshot(), "used_memory"),
+            "keys": keys}
 
 
 def _run_keys(b: Bench, function_id: str, event_id: str) -> dict[str, tuple[int, str]]:

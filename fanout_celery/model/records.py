@@ -78,8 +78,12 @@ def unpack_step(text: str | bytes) -> dict[str, Any]:
 
 
 def step_status(text: str | bytes | None) -> str | None:
-    """The status of a stored step record (None: no record)."""
-    return None if text is None else str(unpack_step(text)["status"])
+    """The status of a stored step record (None: no record), in either format, as the
+    scripts read it (``step_status`` in ``scripts/prelude.lua``)."""
+    if text is None:
+        return None
+    stored = json.loads(text)
+    return str(stored.get("s") or stored.get("status") or "completed")
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ...errors import LeaseLostError
-from ...model.records import Route, route_of_meta, step_status
+from ...model.records import Route, route_of_meta
 
 
 def _wall_ms() -> int:
     return int(time.time() * 1000)
-
-
-def status_of(record: str | None) -> str | None:
-    return step_status(record)
 
 
 class MemoryBase:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from ...errors import CancelRequested
-from ...model.records import ANY_BUCKET, FINAL, NewRun, event_buckets
+from ...model.records import ANY_BUCKET, FINAL, NewRun, event_buckets, step_status
 from ..port import (
     CancelEntry,
     Created,
@@ -22,7 +22,6 @@ from ..port import (
     WaiterRef,
     Waiters,
 )
-from .base import status_of as _status_of
 from .flow import MemoryFlow
 from .queries import MemoryQueries
 from .timers import MemoryTimers
@@ -172,7 +171,7 @@ class MemoryStore(MemoryQueries, MemoryFlow, MemoryTimers):
         with self._lock:
             run = self._holds(run_id, token)
             current = self.steps.get(run_id, {}).get(key)
-            if _status_of(current) != expect:
+            if step_status(current) != expect:
                 return current or ""
             if waiter is not None:
                 self.waits.get((waiter.name, waiter.bucket), {}).pop(waiter.field, None)
@@ -190,7 +189,7 @@ class MemoryStore(MemoryQueries, MemoryFlow, MemoryTimers):
             run = self._holds(run_id, token)
             if expect is not None:
                 current = self.steps.get(run_id, {}).get(expect[0])
-                if _status_of(current) != expect[1]:
+                if step_status(current) != expect[1]:
                     return current or ""
             if step is not None:
                 self.steps.setdefault(run_id, {})[step[0]] = step[1]
@@ -293,7 +292,7 @@ class MemoryStore(MemoryQueries, MemoryFlow, MemoryTimers):
                 self.waits.get((waiter.name, waiter.bucket), {}).pop(waiter.field, None)
             run = self._run(run_id)
             current = self.steps.get(run_id, {}).get(key)
-            if run is None or _status_of(current) != expect or run["status"] in FINAL:
+            if run is None or step_status(current) != expect or run["status"] in FINAL:
                 return Resolution("none")
             self.steps[run_id][key] = record
             return self._wake(run_id, run, deadline)
@@ -305,7 +304,7 @@ class MemoryStore(MemoryQueries, MemoryFlow, MemoryTimers):
             steps = self.steps.setdefault(parent, {})
             steps.setdefault(branch, record)
             if any(f"{group}[{i}]" not in steps for i in range(branches)) \
-                    or _status_of(steps.get(group)) != "parallel":
+                    or step_status(steps.get(group)) != "parallel":
                 return Resolution("none")
             steps[group] = joined
             if run is None:
