@@ -57,6 +57,8 @@ def screenshot(browser: Any, tmp_path: Path, name: str) -> None:
 def test_runs_are_seen_and_operated_in_a_browser(app: Any, fanout: Fanout, worker: Any,
                                                 browser: Any, served: str,
                                                 tmp_path: Path) -> None:
+    from selenium.common.exceptions import (NoSuchElementException,
+                                            StaleElementReferenceException)
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -78,7 +80,11 @@ def test_runs_are_seen_and_operated_in_a_browser(app: Any, fanout: Fanout, worke
         ctx.step.sleep("nap", "1h")
 
     def until(condition: Any) -> Any:
-        return WebDriverWait(browser, 15).until(lambda _: condition())
+        # A form's POST reloads the page: an element read while it loads is gone
+        # (stale) or not there yet; the condition is then read again on the new page.
+        return WebDriverWait(browser, 15, ignored_exceptions=(
+            StaleElementReferenceException, NoSuchElementException)).until(
+                lambda _: condition())
 
     with worker(app):
         [weekly] = fanout.send(Event(name="app/weekly"))
