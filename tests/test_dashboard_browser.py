@@ -57,8 +57,7 @@ def screenshot(browser: Any, tmp_path: Path, name: str) -> None:
 def test_runs_are_seen_and_operated_in_a_browser(app: Any, fanout: Fanout, worker: Any,
                                                 browser: Any, served: str,
                                                 tmp_path: Path) -> None:
-    from selenium.common.exceptions import (NoSuchElementException,
-                                            StaleElementReferenceException)
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
