@@ -97,7 +97,8 @@ class Fanout:
                 if self._engine is None:
                     s = self.settings
                     use_guarded_transport(self.app)  # for this process's producers
-                    store = RedisStore(s.redis_url, s.key_prefix, options=s.redis_options)
+                    store = RedisStore(s.redis_url, s.key_prefix, options=s.redis_options,
+                                       compact=s.compact_records)
                     engine = Engine(store, CeleryBroker(self.app, s.fast_publish), s,
                                     self.middleware, self.event_types, lambda: self.clock())
                     for task in self.functions.values():

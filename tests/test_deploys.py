@@ -74,9 +74,9 @@ EARLIER_NAMES = {"status", "output", "attempts", "started_at", "ended_at", "seq"
 @pytest.mark.parametrize("compact", [True, False], ids=["compact", "earlier-format"])
 def test_step_records_are_written_in_the_format_the_setting_names(
         app: Celery, fanout: Fanout, worker: Any, state_client: Any, compact: bool) -> None:
-    """During a rolling upgrade from 0.1 (``fanout_compact_step_records = False``), every
+    """During a rolling upgrade from 0.1 (``fanout_compact_records = False``), every
     record is written with the full names that workers of 0.1 read."""
-    app.conf.fanout_compact_step_records = compact
+    app.conf.fanout_compact_records = compact
     fanout.reload_settings()
 
     @fanout.function("formats", event="app/formats")

@@ -291,7 +291,7 @@ def test_settings_need_a_redis_url_when_the_broker_is_not_redis():
     ({"fanout_pump": "no"}, "fanout_pump must be True or False"),
     ({"fanout_task_events": 1}, "fanout_task_events must be True or False"),
     ({"fanout_fast_publish": "yes"}, "fanout_fast_publish must be True or False"),
-    ({"fanout_compact_step_records": 1}, "fanout_compact_step_records must be True or False"),
+    ({"fanout_compact_records": 1}, "fanout_compact_records must be True or False"),
     ({"fanout_broker_transport": 0}, "fanout_broker_transport must be True or False"),
 ])
 def test_settings_reject_bad_values(conf, message):
@@ -452,7 +452,8 @@ def test_the_pump_waits_until_the_earliest_timer_at_most_an_interval(due_in_ms, 
      "started_at": 4, "seq": 1},
     {"status": "completed", "kind": "send_event", "output": ["id"], "sent": 1, "seq": 2},
     {"status": "completed", "output": None, "attempts": 1, "started_at": "5", "ended_at": "6"},
-], ids=["run", "retrying", "waiting", "send_event", "text-times"])
+    {"status": "sleeping", "kind": "sleep", "wake_at": 8, "attempts": 0, "seq": 4},
+], ids=["run", "retrying", "waiting", "send_event", "text-times", "no-attempt-yet"])
 def test_a_step_record_reads_back_as_it_was_written(record):
     assert unpack_step(pack_step(record)) == record
 
@@ -464,7 +465,7 @@ def test_a_completed_step_of_a_small_output_fits_a_redis_listpack_value():
                         "started_at": 1_796_235_794_103, "ended_at": 1_796_235_794_150,
                         "seq": 99})
     assert len(stored.encode()) <= 64, stored
-    assert "status" not in stored
+    assert "status" not in stored and '"a"' not in stored  # completed, in one attempt
 
 
 def test_a_step_record_in_the_earlier_format_is_read_as_it_is():

@@ -133,7 +133,7 @@ class Lifecycle:
         current = self.store.step_record(run_id, step_key)
         if current is None:
             return None
-        return pack_step({**unpack_step(current), **new}, self.settings.compact_step_records)
+        return pack_step({**unpack_step(current), **new}, self.settings.compact_records)
 
     def _cancel_matching(self, name: str, entries: dict[str, str],
                          events: Sequence[dict[str, Any]], now: int) -> None:
@@ -245,7 +245,7 @@ class Lifecycle:
             result["output"] = outcome.get("output")
         else:
             result["error"] = outcome.get("error")
-        compact = self.settings.compact_step_records
+        compact = self.settings.compact_records
         joined = pack_step({**record, "status": "joined", "ended_at": now}, compact)
         self._wake(parent, self.store.join(
             parent, group, branch_field(group, index), pack_step(result, compact),

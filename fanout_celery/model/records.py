@@ -37,7 +37,8 @@ WAIT_SEP = "\x1f"
 
 # -- step records as stored -------------------------------------------------------------
 # The fields every record has are stored under one letter, a completed record leaves its
-# status out, and its end is kept as a duration from its start. A ten-step run's records
+# status out, a record of one attempt its attempt count (one without a count says so,
+# with null), and its end is kept as a duration from its start. A ten-step run's records
 # of small outputs then stay within Redis's listpack limit for hash values
 # (hash-max-listpack-value, 64 bytes), so its step table is a listpack, not a hash table
 # (about a third of the memory: BENCHMARKS.md, figure 6). Records in the format before
@@ -49,13 +50,13 @@ _DURATION = "d"
 
 def pack_step(record: Mapping[str, Any], compact: bool = True) -> str:
     """A step record as stored (strict JSON: see ``dumps``); ``compact=False``: in the
-    earlier format, with full names (``fanout_compact_step_records``)."""
+    earlier format, with full names (``fanout_compact_records``)."""
     if not compact:
         return dumps(record)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {} if "attempts" in record else {"a": None}
     start = record.get("started_at")
     for name, value in record.items():
-        if name == "status" and value == "completed":
+        if (name == "status" and value == "completed") or (name == "attempts" and value == 1):
             continue
         if name == "ended_at" and type(start) is int and type(value) is int:
             out[_DURATION] = value - start
@@ -70,6 +71,9 @@ def unpack_step(text: str | bytes) -> dict[str, Any]:
     if "status" in stored:  # written before the compact format
         return stored
     record: dict[str, Any] = {"status": stored.pop("s", "completed")}
+    attempts = stored.pop("a", 1)
+    if attempts is not None:
+        record["attempts"] = attempts
     for name, value in stored.items():
         record[_LONG.get(name, name)] = value
     if _DURATION in record:

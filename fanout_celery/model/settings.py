@@ -175,10 +175,10 @@ SPEC: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     # write(runs), a callable, or "package.module:name". None: nowhere.
     "history_sink": (None, _sink),
     "checkpoint_buffer_ms": (1000, _positive_int),
-    # Step records in the compact format (model/records.py, pack_step). False writes the
-    # format before it, which workers of 0.1 read: for a rolling upgrade from 0.1, while
-    # old and new workers execute the same runs.
-    "compact_step_records": (True, _flag),
+    # Run and step records in the compact layout (store/redis/base.py, static_fields;
+    # model/records.py, pack_step). False writes the layout before it, which workers of
+    # 0.1 read: for a rolling upgrade from 0.1, while old and new workers share runs.
+    "compact_records": (True, _flag),
 }
 
 
@@ -217,7 +217,7 @@ class Settings:
     cron_interval: float = 1.0
     broker_transport: bool = True
     pump: bool = True
-    compact_step_records: bool = True
+    compact_records: bool = True
     checkpoint_buffer_steps: int = 50
     checkpoint_buffer_ms: int = 1000
     history_sink: Any = None

@@ -146,7 +146,7 @@ class StepCore:
     def encode(self, key: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The record as stored, and as read back (so first run and replay agree)."""
         try:
-            encoded = pack_step(record, self.state.settings.compact_step_records)
+            encoded = pack_step(record, self.state.settings.compact_records)
             size = len(encoded.encode())  # lone surrogates pass dumps, not UTF-8
         except (TypeError, ValueError, RecursionError) as exc:
             raise StepOutputError(f"step {key!r} returned a value that is not JSON: {exc}") \

@@ -554,3 +554,67 @@ def test_a_batch_buffer_fills_one_run_until_it_is_full(store: Store) -> None:
     raw, _ = store.load_runs([first])[0]
     assert [e["id"] for e in json.loads(raw["events"])] == ["ev-0", "ev-1", "ev-2"]
     assert store.runs_for_events(["ev-2"]) == [[first]]
+
+
+# -- the Redis layout of run records ----------------------------------------------------
+@pytest.fixture(params=["redis", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue("redis_server" if request.param == "redis"
+                                       else "redis_cluster")
+    flush_database(url)
+    return url
+
+
+@pytest.mark.parametrize("written", ["compact", "earlier"])
+def test_a_run_record_is_read_alike_in_either_layout(redis_url: str, written: str) -> None:
+    """Runs created in the earlier layout (one "meta" JSON field and the events list, as
+    fanout_compact_records = False writes) are read as the compact ones: their events,
+    static fields and route, by every reader."""
+    writer = RedisStore(redis_url, "contract", compact=written == "compact")
+    reader = RedisStore(redis_url, "contract")
+    try:
+        odd = {**event('odd "id"\\', user=1), "v": "2"}
+        plain = event(2, big="x" * 100)
+        parent = new_run(SUB, [plain], parent=("p1", "s1"), notify_parent=True)
+        runs = [new_run(SUB, [odd]), parent, new_run(SUB, [event(4), event(5)])]
+        t = now()
+        writer.create_runs(runs, [odd, plain], now=t, dispatch_deadline=t,
+                           keep_events_ms=DAY, lookback_ms=60_000)
+        skipped = new_run(SUB, [event(6)])
+        writer.record_skipped([skipped], ["rate limit"], now=t, retention_ms=DAY)
+        rerun = new_run(SUB, [odd], run_id="rerun-1", extra={"rerun_of": runs[0].run_id})
+        writer.create_rerun(rerun, {}, now=t, retention_ms=DAY, dispatch_deadline=t)
+        every = [*runs, skipped, rerun]
+        loaded = reader.load_runs([r.run_id for r in every])
+        for run, (raw, _) in zip(every, loaded, strict=True):
+            assert json.loads(raw["events"]) == list(run.events)
+            assert raw["function"] == "contract" and raw["queue"] == "q"
+            assert reader.run_field(run.run_id, "events") == raw["events"]
+            assert reader.run_field(run.run_id, "task") == "fanout.contract"
+            assert not {"meta", "event", "event_id", "event_ts"} & set(raw)
+        assert loaded[1][0]["parent_run_id"] == "p1" and loaded[1][0]["notify_parent"] == "1"
+        assert loaded[3][0]["status"] == "skipped"
+        assert loaded[4][0]["rerun_of"] == runs[0].run_id
+        # Events stored whole, whichever layout their runs take.
+        client = reader.client
+        assert json.loads(client.get(reader.keys.event(odd["id"]))) == odd
+        for dispatch in reader.dispatches([r.run_id for r in every]):
+            assert dispatch is not None
+            assert dispatch.route.task == "fanout.contract" and dispatch.route.queue == "q"
+        assert reader.dispatches(["no-such-run"]) == [None]
+        # The route a script returns when it wakes a parked run.
+        started(reader, parent.run_id)
+        reader.checkpoint(parent.run_id, "t1", "w", '{"s": "invoking"}', lease_exp=now() + 1000)
+        reader.park(parent.run_id, "t1", "waiting", wake_at=None, expect=("w", "invoking"))
+        woken = reader.resolve(parent.run_id, "w", "invoking", "{}", deadline=now())
+        assert woken.route == Route("fanout.contract", "q", "app/x")
+        # What the layout is for: a run of small values is a Redis listpack.
+        small = client.object("encoding", reader.keys.run(runs[0].run_id))
+        fields = set(client.hkeys(reader.keys.run(runs[0].run_id)))
+        if written == "compact":
+            assert small == "listpack" and "meta" not in fields and "events" not in fields
+        else:
+            assert {"meta", "events"} <= fields and "event" not in fields
+    finally:
+        writer.close()
+        reader.close()

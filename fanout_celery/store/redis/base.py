@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 
 from ...errors import CancelRequested, LeaseLostError
-from ...model.records import Route, route_of_meta
+from ...model.records import NewRun, Route, route_of_meta
 from ..port import Resolution
 from .connect import DEFAULT_SHARDS, ReplicatedClient, connect, is_cluster, is_transient
 from .keys import Keys
 from .lua import Scripts, execute
 
-# Fields of a run record set once at creation are kept in one JSON field, "meta", so a
-# run is created with a handful of arguments; the fields that change stay separate.
+# The fields of a run record that change while it executes (the others are static).
 HOT_FIELDS = frozenset({"status", "created_at", "attempt", "events"})
 
 _SCRIPTS: Scripts | None = None
@@ -36,8 +36,10 @@ class RedisBase:
 
     def __init__(self, url: str, prefix: str = "fanout",
                  client: redis.Redis[str] | None = None,
-                 options: dict[str, Any] | None = None) -> None:
+                 options: dict[str, Any] | None = None, compact: bool = True) -> None:
         self.url = url
+        # Run records in the compact layout (False: the earlier one; see static_fields).
+        self.compact = compact
         self.prefix = prefix
         self.options = dict(options or {})
         # A Redis Cluster: sharded keys, and pipelines executed in ordered phases (a
@@ -87,26 +89,103 @@ class RedisBase:
         return execute(pipe, self.scripts, self.client), self.pipeline()
 
 
+# -- a run record's static fields, as stored (keys.py: run) -----------------------------
+# The compact layout (the default): each static field is a field of the run's hash, and a
+# run of one event keeps it as "event", its JSON without its id and time, which are
+# fields of their own. A run of small values then stays a Redis listpack (values of at
+# most hash-max-listpack-value, 64 bytes by default): about 370 B where a hash table of
+# the same fields takes about 930 B (BENCHMARKS.md, figure 6). The earlier layout, which
+# workers of 0.1 read (fanout_compact_records = False writes it), and batches and
+# debounces still write: the static fields in one JSON field, "meta", and "events", the
+# JSON list of the trigger events. Both are read, by ``expand`` and ``route_of``.
+
+# The fields a run's task message is routed by (model/records.py: route_of_meta), read
+# in this order by ``route`` in scripts/prelude.lua, after the earlier layout's "meta".
+ROUTE_FIELDS = ("task", "queue", "event_name", "parent_task", "root_task", "priority")
+EVENT_FIELDS = ("events", "event", "event_id", "event_ts")
+_LAID_OUT = HOT_FIELDS | {"meta", *EVENT_FIELDS}
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.:-]*\Z").match
+
+
+def encode_event(event: dict[str, Any]) -> tuple[str, str]:
+    """An event's JSON without its id and time (a compact run's "event"), and whole
+    (its record): encoded once, the second from the first."""
+    body = json.dumps({k: v for k, v in event.items() if k != "id" and k != "ts"},
+                      separators=(",", ":"))
+    return body, _joined(body, event["id"], _ts_text(event["ts"]))
+
+
+def _ts_text(ts: Any) -> str:
+    return str(ts) if type(ts) is int else json.dumps(ts)
+
+
+def _joined(body: str, event_id: str, ts_text: str) -> str:
+    quoted = f'"{event_id}"' if _PLAIN_ID(event_id) else json.dumps(event_id)
+    sep = "," if body != "{}" else ""
+    return f'{body[:-1]}{sep}"id":{quoted},"ts":{ts_text}}}'
+
+
+def static_fields(run: NewRun, compact: bool = True, body: str | None = None) -> list[str]:
+    """The fields a new run's hash starts with, flat (name, value, ...), besides its
+    status, creation time and attempt; ``body``: its one event's ``encode_event()[0]``."""
+    if not compact:
+        return ["meta", pack_meta(run.meta), "events", run.events_json]
+    events = run.events
+    if len(events) != 1 or "id" not in events[0] or "ts" not in events[0]:
+        return [*_inline(tuple(run.meta.items())), "events", run.events_json]
+    ev = events[0]
+    if body is None:
+        body = encode_event(ev)[0]
+    return [*_inline(tuple(run.meta.items())), "event", body, "event_id", ev["id"],
+            "event_ts", _ts_text(ev["ts"])]
+
+
+@functools.lru_cache(maxsize=1024)
+def _inline(items: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    # The runs of a fan-out share their static fields: flattened once, not once a run.
+    return tuple(x for k, v in items if k not in _LAID_OUT for x in (k, str(v)))
+
+
 def pack_meta(fields: dict[str, str]) -> str:
+    """The earlier layout's "meta" field."""
     return _packed(tuple(fields.items()))
 
 
 @functools.lru_cache(maxsize=1024)
 def _packed(items: tuple[tuple[str, str], ...]) -> str:
-    # The runs of a fan-out share their static fields: encoded once, not once a run.
     return json.dumps({k: v for k, v in items if k not in HOT_FIELDS}, separators=(",", ":"))
 
 
 def expand(raw: dict[str, str]) -> dict[str, str]:
-    """A run record with its "meta" fields in line, as callers read it."""
+    """A run record as callers read it, in either layout: its static fields in line and
+    its trigger events in "events"."""
+    body = raw.pop("event", None)
+    if body is not None:
+        raw["events"] = f"[{_joined(body, raw.pop('event_id', ''), raw.pop('event_ts', '0'))}]"
     meta = raw.pop("meta", None)
     if meta:
         return {**json.loads(meta), **raw}
     return raw
 
 
-def route_of(meta: str) -> Route:
-    return route_of_meta(json.loads(meta) if meta else {})
+def events_of(values: Sequence[str | None]) -> str | None:
+    """A run's "events" from its fields ``EVENT_FIELDS``, as HMGET reads them."""
+    events, body, event_id, ts = values
+    if body is not None:
+        return f"[{_joined(body, event_id or '', ts or '0')}]"
+    return events
+
+
+def route_of(raw: Sequence[str | None] | str) -> Route:
+    """A run's route, from what ``route`` in scripts/prelude.lua returns (the earlier
+    layout's "meta", then ``ROUTE_FIELDS``), or from a "meta" field alone."""
+    if isinstance(raw, str):
+        return route_of_meta(json.loads(raw) if raw else {})
+    meta = json.loads(raw[0]) if raw[0] else {}
+    for name, value in zip(ROUTE_FIELDS, raw[1:], strict=True):
+        if value is not None:
+            meta[name] = value
+    return route_of_meta(meta)
 
 
 def pairs(flat: Sequence[Any]) -> dict[str, str]:
@@ -134,5 +213,5 @@ def server_now(client: Any) -> int:
 
 def resolution(raw: Any) -> Resolution:
     if isinstance(raw, list):
-        return Resolution("woken", route_of(raw[0]))
+        return Resolution("woken", route_of(raw))
     return Resolution("executing" if raw else "none")

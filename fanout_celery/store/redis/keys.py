@@ -120,8 +120,8 @@ class Keys:
 
     # -- one run
     def run(self, run_id: str) -> str:
-        """Hash: status, meta (static fields, JSON), trigger events, lease, output,
-        error, timestamps."""
+        """Hash: status, static fields, trigger events, lease, output, error, timestamps
+        (the layout: base.py, static_fields)."""
         if self.shards:
             return self._in(self.shard_of(run_id), f"run:{run_id}")
         return f"{self.prefix}:{{{run_id}}}:run"

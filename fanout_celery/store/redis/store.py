@@ -13,7 +13,18 @@ from typing import Any, Literal
 
 from ...model.records import NewRun
 from ..port import Created, NotStarted, Resolution, Started
-from .base import RedisBase, expand, fenced, flat, pack_meta, pairs, resolution
+from .base import (
+    EVENT_FIELDS,
+    RedisBase,
+    encode_event,
+    events_of,
+    expand,
+    fenced,
+    flat,
+    pairs,
+    resolution,
+    static_fields,
+)
 from .events import EventOps
 from .flow import FlowOps
 from .lua import execute
@@ -38,21 +49,22 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
         for i, run in enumerate(runs):
             by_shard.setdefault(k.shard_of(run.run_id), ([], []))[1].append(i)
         # Each event is encoded once: for its record, and for the run it alone starts.
-        encoded = {id(ev): json.dumps(ev, separators=(",", ":")) for ev in events}
+        encoded = {id(ev): encode_event(ev) for ev in events}
+        compact = self.compact
         pipe = self.pipeline()
         for shard, (evs, indexes) in by_shard.items():
             keys: list[str] = [k.dispatch(shard), k.events(shard)]
             args: list[Any] = [now, dispatch_deadline, keep_events_ms, len(evs)]
             for ev in evs:
                 keys.append(k.event(ev["id"]))
-                args += [ev["id"], encoded[id(ev)]]
+                args += [ev["id"], encoded[id(ev)][1]]
             for i in indexes:
                 run = runs[i]
                 keys += [k.run(run.run_id), k.function_runs(run.function_id, shard),
                          k.event_runs(run.event_ids[0], shard)]
                 alone = encoded.get(id(run.events[0])) if len(run.events) == 1 else None
-                args += [run.run_id, pack_meta(run.meta),
-                         run.events_json if alone is None else f"[{alone}]"]
+                fields = static_fields(run, compact, alone and alone[0])
+                args += [run.run_id, len(fields), *fields]
             self.scripts.create_runs.queue(pipe, keys, args)
         # After the events are stored: a wait registered between the two would otherwise
         # find the ids in `recent` but not the events.
@@ -92,7 +104,7 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
             self.scripts.record_skipped.queue(
                 pipe, [k.run(run.run_id), k.function_runs(run.function_id, shard),
                        k.event_runs(run.event_ids[0], shard), k.done(run.run_id)],
-                [run.run_id, now, retention_ms, pack_meta(run.meta), run.events_json, error])
+                [run.run_id, now, retention_ms, error, *static_fields(run, self.compact)])
         execute(pipe, self.scripts, self.client)
 
     def create_rerun(self, run: NewRun, steps: dict[str, str], *, now: int,
@@ -105,10 +117,8 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
         if steps:
             mapping: dict[str | bytes, str] = dict(steps.items())
             pipe.hset(k.steps(run.run_id), mapping=mapping)
-        fields: dict[str | bytes, str] = {
-            "status": "queued", "created_at": str(now), "attempt": "0",
-            "meta": pack_meta(run.meta), "events": run.events_json}
-        pipe.hset(k.run(run.run_id), mapping=fields)
+        pipe.hset(k.run(run.run_id), items=["status", "queued", "created_at", str(now),
+                                            "attempt", "0", *static_fields(run, self.compact)])
         pipe.zadd(k.dispatch(shard), {run.run_id: dispatch_deadline})
         pipe.zadd(k.function_runs(run.function_id, shard), {run.run_id: now})
         for eid in run.event_ids:
@@ -201,7 +211,11 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
         return None if value is None else str(value)
 
     def run_field(self, run_id: str, name: str) -> str | None:
-        value = self.client.hget(self.keys.run(run_id), name)
+        if name == "events":
+            return events_of(self.client.hmget(self.keys.run(run_id), EVENT_FIELDS))
+        value, meta = self.client.hmget(self.keys.run(run_id), [name, "meta"])
+        if value is None and meta:  # a static field, in the earlier layout
+            value = json.loads(meta).get(name)
         return None if value is None else str(value)
 
     # -- from outside a run -----------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..port import Dispatch
-from .base import RedisBase, route_of
+from .base import ROUTE_FIELDS, RedisBase, route_of
 from .lua import execute
 
 
@@ -149,6 +149,8 @@ class TimerOps(RedisBase):
     def dispatches(self, run_ids: Sequence[str]) -> list[Dispatch | None]:
         pipe = self.pipeline()
         for run_id in run_ids:
-            pipe.hmget(self.keys.run(run_id), "status", "meta")
-        return [None if meta is None else Dispatch(status or "", route_of(meta))
-                for status, meta in pipe.execute()]
+            pipe.hmget(self.keys.run(run_id), "status", "meta", *ROUTE_FIELDS)
+        # No static fields in either layout: no run (a remnant, or none at all).
+        return [None if meta is None and task is None
+                else Dispatch(status or "", route_of([meta, task, *rest]))
+                for status, meta, task, *rest in pipe.execute()]

@@ -6,7 +6,8 @@
 -- KEYS: 1 dispatch, 2 events index, then one key per event (its record), then three per
 --       run (run, function_runs, event_runs)
 -- ARGV: 1 now_ms (unused: the server's clock dates runs and events), 2 dispatch_deadline_ms, 3 keep_events_ms, 4 event count, then per event
---       (id, json), then per run (run_id, meta json, events json)
+--       (id, json), then per run (run_id, n, then its n static fields' names and values:
+--       store/redis/base.py, static_fields)
 -- Returns, per run, 1 if this call created it, else 0.
 local now, deadline, keep = server_ms(), ARGV[2], ARGV[3]
 local events = tonumber(ARGV[4])
@@ -20,19 +21,19 @@ local out = {}
 local k = 3 + events
 local i = 1
 while a <= #ARGV do
-  local run_id = ARGV[a]
+  local run_id, n = ARGV[a], tonumber(ARGV[a + 1])
   if redis.call('EXISTS', KEYS[k]) == 1 or redis.call('SISMEMBER', KEYS[k + 2], run_id) == 1 then
     out[i] = 0
   else
     redis.call('HSET', KEYS[k], 'status', 'queued', 'created_at', now, 'attempt', '0',
-               'meta', ARGV[a + 1], 'events', ARGV[a + 2])
+               unpack(ARGV, a + 2, a + 1 + n))
     redis.call('ZADD', KEYS[1], deadline, run_id)
     redis.call('ZADD', KEYS[k + 1], now, run_id)
     redis.call('SADD', KEYS[k + 2], run_id)
     redis.call('PEXPIRE', KEYS[k + 2], keep)
     out[i] = 1
   end
-  a = a + 3
+  a = a + 2 + n
   k = k + 3
   i = i + 1
 end

@@ -4,7 +4,7 @@
 -- KEYS: 1 parent run, 2 parent steps, 3 timers
 -- ARGV: 1 parent run id, 2 group key, 3 branch field, 4 branch record, 5 branch count,
 --       6 joined group record, 7 redispatch_deadline_ms
--- Returns {meta} when the parent must be enqueued now, else 0/1.
+-- Returns the run's route (prelude.lua: route) when the parent must be enqueued now, else 0/1.
 redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4])
 local n = tonumber(ARGV[5])
 for i = 0, n - 1 do

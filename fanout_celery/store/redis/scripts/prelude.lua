@@ -27,3 +27,10 @@ local function step_status(record)
   local rec = cjson.decode(record)
   return rec['s'] or rec['status'] or 'completed'
 end
+
+-- What a run's task message is routed by: the "meta" field of the earlier layout, then
+-- the fields the compact layout keeps in line (store/redis/base.py: ROUTE_FIELDS).
+local function route(run)
+  return redis.call('HMGET', run, 'meta', 'task', 'queue', 'event_name', 'parent_task',
+                    'root_task', 'priority')
+end

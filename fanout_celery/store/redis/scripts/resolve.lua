@@ -4,7 +4,7 @@
 -- KEYS: 1 run, 2 steps, 3 timers, 4 waits hash (or any key)
 -- ARGV: 1 run_id, 2 step_key, 3 expected status, 4 record_json, 5 waits field ('' = none),
 --       6 redispatch_deadline_ms
--- Returns {meta} when the run was parked and must be enqueued now, 1 when it is
+-- Returns the run's route (prelude.lua: route) when the run was parked and must be enqueued now, 1 when it is
 -- executing (it sees the record when it parks), 0 when there was nothing to resolve.
 if ARGV[5] ~= '' then redis.call('HDEL', KEYS[4], ARGV[5]) end
 local cur = redis.call('HGET', KEYS[2], ARGV[2])
