@@ -72,10 +72,11 @@ EARLIER_NAMES = {"status", "output", "attempts", "started_at", "ended_at", "seq"
 
 
 @pytest.mark.parametrize("compact", [True, False], ids=["compact", "earlier-format"])
-def test_step_records_are_written_in_the_format_the_setting_names(
+def test_records_are_written_in_the_layout_the_setting_names(
         app: Celery, fanout: Fanout, worker: Any, state_client: Any, compact: bool) -> None:
     """During a rolling upgrade from 0.1 (``fanout_compact_records = False``), every
-    record is written with the full names that workers of 0.1 read."""
+    run and step record is written in the layout that workers of 0.1 read: the run's
+    static fields in "meta", its events in "events", steps under their full names."""
     app.conf.fanout_compact_records = compact
     fanout.reload_settings()
 
@@ -99,5 +100,14 @@ def test_step_records_are_written_in_the_format_the_setting_names(
         else:
             assert "status" in names and names <= EARLIER_NAMES | {
                 "kind", "wake_at", "branches", "branch"}, (key, raw)
+    runs = [run_id, *(derived_id(run_id, "both", str(i)) for i in range(2))]  # + branches
+    for rid in runs:
+        fields = set(state_client.hkeys(fanout.store.keys.run(rid)))
+        if compact:
+            assert {"function", "task", "queue"} <= fields and "meta" not in fields, fields
+        else:
+            assert {"meta", "events"} <= fields and "function" not in fields, fields
     # Read the same either way.
-    assert [s.status for s in fanout.get_run(run_id).steps].count("completed") >= 5
+    run = fanout.get_run(run_id)
+    assert [s.status for s in run.steps].count("completed") >= 5
+    assert run.function_id == "formats" and run.events[0]["id"] == event_id
