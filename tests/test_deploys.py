@@ -104,7 +104,7 @@ def test_records_are_written_in_the_layout_the_setting_names(
     for rid in runs:
         fields = set(state_client.hkeys(fanout.store.keys.run(rid)))
         if compact:
-            assert {"function", "task", "queue"} <= fields and "meta" not in fields, fields
+            assert {"function", "queue"} <= fields and "meta" not in fields, fields
         else:
             assert {"meta", "events"} <= fields and "function" not in fields, fields
     # Read the same either way.

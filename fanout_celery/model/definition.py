@@ -161,7 +161,7 @@ class FunctionDef:
         own, triggered by ``fanout/function.failed`` events of this function."""
         return FunctionDef(function_id=f"{self.function_id}-failure", events=(FUNCTION_FAILED,),
                            retry_policy=self.retry_policy,
-                           task_name=f"fanout.{self.function_id}-failure", queue=self.queue,
+                           task_name=default_task(f"{self.function_id}-failure"), queue=self.queue,
                            priority=self.priority, where=(("data.function_id", self.function_id),)).bind(handler)
 
     def subscription(self) -> Subscription:
@@ -218,7 +218,7 @@ def declare(function_id: Any, *, events: Sequence[str], cron: Any, retries: Any,
             f"not {checkpoints!r}")
     return FunctionDef(
         function_id=fid, events=triggers, crons=crons, retry_policy=policy,
-        task_name=name or f"fanout.{fid}", queue=queue or "",
+        task_name=name or default_task(fid), queue=queue or "",
         on_failure=f"{fid}-failure" if on_failure is not None else None,
         missed=missed, missed_limit=missed_limit, cancel_on=cancel_list,
         timeouts=timeouts, flow=flow_control, priority=message_priority,
@@ -258,6 +258,11 @@ def check_handler(handler: Any, function_id: str) -> None:
         raise ConfigurationError(
             f"function {function_id!r}: the handler must take exactly one argument, ctx"
         ) from None
+
+
+def default_task(function_id: str) -> str:
+    """The Celery task name of a function declared without ``name=``."""
+    return f"fanout.{function_id}"
 
 
 def check_task_options(options: dict[str, Any], function_id: str) -> None:

@@ -584,23 +584,29 @@ def test_a_run_record_is_read_alike_in_either_layout(redis_url: str, written: st
         writer.record_skipped([skipped], ["rate limit"], now=t, retention_ms=DAY)
         rerun = new_run(SUB, [odd], run_id="rerun-1", extra={"rerun_of": runs[0].run_id})
         writer.create_rerun(rerun, {}, now=t, retention_ms=DAY, dispatch_deadline=t)
-        every = [*runs, skipped, rerun]
+        named = new_run(Subscription("contract", ("app/x",), task="tasks.named", queue="q"),
+                        [event(7)], run_id="named-1")
+        writer.create_runs([named], [], now=t, dispatch_deadline=t, keep_events_ms=DAY,
+                           lookback_ms=60_000)
+        every = [*runs, skipped, rerun, named]
         loaded = reader.load_runs([r.run_id for r in every])
         for run, (raw, _) in zip(every, loaded, strict=True):
             assert json.loads(raw["events"]) == list(run.events)
             assert raw["function"] == "contract" and raw["queue"] == "q"
+            assert raw["task"] == run.route.task
             assert reader.run_field(run.run_id, "events") == raw["events"]
-            assert reader.run_field(run.run_id, "task") == "fanout.contract"
+            assert reader.run_field(run.run_id, "task") == run.route.task
             assert not {"meta", "event", "event_id", "event_ts"} & set(raw)
+        assert loaded[-1][0]["task"] == "tasks.named"
         assert loaded[1][0]["parent_run_id"] == "p1" and loaded[1][0]["notify_parent"] == "1"
         assert loaded[3][0]["status"] == "skipped"
         assert loaded[4][0]["rerun_of"] == runs[0].run_id
         # Events stored whole, whichever layout their runs take.
         client = reader.client
         assert json.loads(client.get(reader.keys.event(odd["id"]))) == odd
-        for dispatch in reader.dispatches([r.run_id for r in every]):
-            assert dispatch is not None
-            assert dispatch.route.task == "fanout.contract" and dispatch.route.queue == "q"
+        for run, dispatch in zip(every, reader.dispatches([r.run_id for r in every]),
+                                 strict=True):
+            assert dispatch is not None and dispatch.route == run.route
         assert reader.dispatches(["no-such-run"]) == [None]
         # The route a script returns when it wakes a parked run.
         started(reader, parent.run_id)
@@ -613,8 +619,33 @@ def test_a_run_record_is_read_alike_in_either_layout(redis_url: str, written: st
         fields = set(client.hkeys(reader.keys.run(runs[0].run_id)))
         if written == "compact":
             assert small == "listpack" and "meta" not in fields and "events" not in fields
+            assert "task" not in fields  # named by default: read back from the function
         else:
             assert {"meta", "events"} <= fields and "event" not in fields
     finally:
         writer.close()
         reader.close()
+
+
+def test_an_events_run_list_is_read_and_extended_in_either_layout(redis_url: str) -> None:
+    """An event's run list written as a set (before the hash layout) still keeps a run
+    it names from being created again, is listed, and takes new runs."""
+    store = RedisStore(redis_url, "contract")
+    try:
+        k, client = store.keys, store.client
+        old, new = event("old"), event("new")
+        expired = new_run(SUB, [old])  # its record expired, its event's list did not
+        other = new_run(Subscription("other", ("app/x",), task="fanout.other"), [old])
+        client.sadd(k.event_runs(old["id"], k.shard_of(expired.run_id)), expired.run_id)
+        t = now()
+        made = store.create_runs([expired, other, new_run(SUB, [new])], [old, new], now=t,
+                                 dispatch_deadline=t, keep_events_ms=DAY, lookback_ms=60_000)
+        assert made.created == [False, True, True]
+        assert store.load_runs([expired.run_id])[0][0] == {}
+        assert store.runs_for_events([old["id"], new["id"]]) == [
+            sorted([expired.run_id, other.run_id]), [new_run(SUB, [new]).run_id]]
+        fresh = k.event_runs(new["id"], k.shard_of(new_run(SUB, [new]).run_id))
+        assert client.type(fresh) == "hash" and client.object("encoding", fresh) == "listpack"
+        assert 0 < client.pttl(fresh) <= DAY
+    finally:
+        store.close()

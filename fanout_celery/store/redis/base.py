@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from ...errors import CancelRequested, LeaseLostError
+from ...model.definition import default_task
 from ...model.records import NewRun, Route, route_of_meta
 from ..port import Resolution
 from .connect import DEFAULT_SHARDS, ReplicatedClient, connect, is_cluster, is_transient
@@ -101,7 +102,8 @@ class RedisBase:
 
 # The fields a run's task message is routed by (model/records.py: route_of_meta), read
 # in this order by ``route`` in scripts/prelude.lua, after the earlier layout's "meta".
-ROUTE_FIELDS = ("task", "queue", "event_name", "parent_task", "root_task", "priority")
+ROUTE_FIELDS = ("task", "queue", "event_name", "parent_task", "root_task", "priority",
+                "function")
 EVENT_FIELDS = ("events", "event", "event_id", "event_ts")
 _LAID_OUT = HOT_FIELDS | {"meta", *EVENT_FIELDS}
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_.:-]*\Z").match
@@ -143,7 +145,10 @@ def static_fields(run: NewRun, compact: bool = True, body: str | None = None) ->
 @functools.lru_cache(maxsize=1024)
 def _inline(items: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     # The runs of a fan-out share their static fields: flattened once, not once a run.
-    return tuple(x for k, v in items if k not in _LAID_OUT for x in (k, str(v)))
+    # A task named by default is not stored: it is read back from the function's id.
+    default = default_task(dict(items).get("function", ""))
+    return tuple(x for k, v in items if k not in _LAID_OUT
+                 and not (k == "task" and v == default) for x in (k, str(v)))
 
 
 def pack_meta(fields: dict[str, str]) -> str:
@@ -165,6 +170,8 @@ def expand(raw: dict[str, str]) -> dict[str, str]:
     meta = raw.pop("meta", None)
     if meta:
         return {**json.loads(meta), **raw}
+    if "task" not in raw and "function" in raw:
+        raw["task"] = default_task(raw["function"])
     return raw
 
 
@@ -185,6 +192,8 @@ def route_of(raw: Sequence[str | None] | str) -> Route:
     for name, value in zip(ROUTE_FIELDS, raw[1:], strict=True):
         if value is not None:
             meta[name] = value
+    if "task" not in meta and "function" in meta:
+        meta["task"] = default_task(meta["function"])
     return route_of_meta(meta)
 
 

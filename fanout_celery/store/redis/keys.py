@@ -166,7 +166,8 @@ class Keys:
         return f"{self.prefix}:function:{function_id}:runs"
 
     def event_runs(self, event_id: str, shard: int = 0) -> str:
-        """Set: the runs an event started (those of that shard)."""
+        """Hash: run id -> '', the runs an event started (those of that shard); a set
+        when written before this layout (scripts/prelude.lua: list_run)."""
         if self.shards:
             return self._in(shard, f"event:{event_id}:runs")
         return f"{self.prefix}:event:{event_id}:runs"

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from ..port import Waiters
 from .aio import AsyncRedisReader
 from .base import RedisBase, expand
+from .lua import execute
 
 
 class QueryOps(RedisBase):
@@ -48,8 +49,8 @@ class QueryOps(RedisBase):
         pipe = self.pipeline()
         for event_id in event_ids:
             for shard in k.all_shards:  # an event's runs are listed in their own shards
-                pipe.smembers(k.event_runs(event_id, shard))
-        found = iter(pipe.execute())
+                self.scripts.listed_runs.queue(pipe, [k.event_runs(event_id, shard)], [])
+        found = iter(execute(pipe, self.scripts, self.client))
         n = len(k.all_shards)
         return [sorted(set().union(*(next(found) for _ in range(n)))) for _ in event_ids]
 

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from ...model.definition import default_task
 from ...model.records import NewRun
 from ..port import Created, NotStarted, Resolution, Started
 from .base import (
@@ -88,10 +89,9 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
         if extra:
             pipe = self.pipeline()
             for run, eid in extra:
-                key = k.event_runs(eid, k.shard_of(run.run_id))
-                pipe.sadd(key, run.run_id)
-                pipe.pexpire(key, keep_events_ms)
-            pipe.execute()
+                self.scripts.list_runs.queue(pipe, [k.event_runs(eid, k.shard_of(run.run_id))],
+                                             [keep_events_ms, run.run_id])
+            execute(pipe, self.scripts, self.client)
         return Created(created, waiters)
 
     def record_skipped(self, runs: Sequence[NewRun], reasons: Sequence[str], *, now: int,
@@ -122,9 +122,9 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
         pipe.zadd(k.dispatch(shard), {run.run_id: dispatch_deadline})
         pipe.zadd(k.function_runs(run.function_id, shard), {run.run_id: now})
         for eid in run.event_ids:
-            pipe.sadd(k.event_runs(eid, shard), run.run_id)
-            pipe.pexpire(k.event_runs(eid, shard), retention_ms)
-        pipe.execute()
+            self.scripts.list_runs.queue(pipe, [k.event_runs(eid, shard)],
+                                         [retention_ms, run.run_id])
+        execute(pipe, self.scripts, self.client)
 
     def confirm_dispatched(self, run_ids: Sequence[str], redispatch_at: int) -> None:
         if not run_ids:
@@ -213,9 +213,12 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
     def run_field(self, run_id: str, name: str) -> str | None:
         if name == "events":
             return events_of(self.client.hmget(self.keys.run(run_id), EVENT_FIELDS))
-        value, meta = self.client.hmget(self.keys.run(run_id), [name, "meta"])
+        value, meta, function = self.client.hmget(self.keys.run(run_id),
+                                                  [name, "meta", "function"])
         if value is None and meta:  # a static field, in the earlier layout
             value = json.loads(meta).get(name)
+        elif value is None and name == "task" and function is not None:
+            value = default_task(function)  # the compact layout leaves it out
         return None if value is None else str(value)
 
     # -- from outside a run -----------------------------------------------------------

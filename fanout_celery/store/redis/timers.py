@@ -151,6 +151,6 @@ class TimerOps(RedisBase):
         for run_id in run_ids:
             pipe.hmget(self.keys.run(run_id), "status", "meta", *ROUTE_FIELDS)
         # No static fields in either layout: no run (a remnant, or none at all).
-        return [None if meta is None and task is None
-                else Dispatch(status or "", route_of([meta, task, *rest]))
-                for status, meta, task, *rest in pipe.execute()]
+        return [None if meta is None and fields[-1] is None
+                else Dispatch(status or "", route_of([meta, *fields]))
+                for status, meta, *fields in pipe.execute()]

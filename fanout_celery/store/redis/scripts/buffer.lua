@@ -25,8 +25,7 @@ if run then
     end
     redis.call('HSET', run_key, 'events', events)
     local count = redis.call('HINCRBY', KEYS[1], 'count', 1)
-    redis.call('SADD', KEYS[6], run)
-    redis.call('PEXPIRE', KEYS[6], ARGV[9])
+    list_run(KEYS[6], run, ARGV[9])
     if ARGV[1] == 'batch' then
       if count >= tonumber(ARGV[6]) then
         redis.call('DEL', KEYS[1])
@@ -52,8 +51,7 @@ redis.call('HSET', KEYS[3], 'status', 'queued', 'created_at', now, 'attempt', '0
            'meta', ARGV[8], 'events', '[' .. ARGV[7] .. ']', 'wake_at', wake)
 redis.call('ZADD', KEYS[4], wake, ARGV[2])
 redis.call('ZADD', KEYS[5], now, ARGV[2])
-redis.call('SADD', KEYS[6], ARGV[2])
-redis.call('PEXPIRE', KEYS[6], ARGV[9])
+list_run(KEYS[6], ARGV[2], ARGV[9])
 if ARGV[1] == 'batch' and tonumber(ARGV[6]) <= 1 then
   redis.call('DEL', KEYS[1])
   redis.call('ZADD', KEYS[4], now, ARGV[2])

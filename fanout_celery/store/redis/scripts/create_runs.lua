@@ -22,15 +22,14 @@ local k = 3 + events
 local i = 1
 while a <= #ARGV do
   local run_id, n = ARGV[a], tonumber(ARGV[a + 1])
-  if redis.call('EXISTS', KEYS[k]) == 1 or redis.call('SISMEMBER', KEYS[k + 2], run_id) == 1 then
+  if redis.call('EXISTS', KEYS[k]) == 1 or is_listed(KEYS[k + 2], run_id) then
     out[i] = 0
   else
     redis.call('HSET', KEYS[k], 'status', 'queued', 'created_at', now, 'attempt', '0',
                unpack(ARGV, a + 2, a + 1 + n))
     redis.call('ZADD', KEYS[1], deadline, run_id)
     redis.call('ZADD', KEYS[k + 1], now, run_id)
-    redis.call('SADD', KEYS[k + 2], run_id)
-    redis.call('PEXPIRE', KEYS[k + 2], keep)
+    list_run(KEYS[k + 2], run_id, keep)
     out[i] = 1
   end
   a = a + 2 + n

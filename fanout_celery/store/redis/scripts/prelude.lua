@@ -32,5 +32,24 @@ end
 -- the fields the compact layout keeps in line (store/redis/base.py: ROUTE_FIELDS).
 local function route(run)
   return redis.call('HMGET', run, 'meta', 'task', 'queue', 'event_name', 'parent_task',
-                    'root_task', 'priority')
+                    'root_task', 'priority', 'function')
+end
+
+-- The runs an event started (keys.py: event_runs): a hash of run id -> '', which Redis 7.0
+-- keeps as a listpack while small (it keeps a set of strings as a hash table); a set
+-- when written before this layout, and then until it expires.
+local function list_run(key, run_id, ttl)
+  if redis.call('TYPE', key).ok == 'set' then
+    redis.call('SADD', key, run_id)
+  else
+    redis.call('HSET', key, run_id, '')
+  end
+  redis.call('PEXPIRE', key, ttl)
+end
+
+local function is_listed(key, run_id)
+  if redis.call('TYPE', key).ok == 'set' then
+    return redis.call('SISMEMBER', key, run_id) == 1
+  end
+  return redis.call('HEXISTS', key, run_id) == 1
 end

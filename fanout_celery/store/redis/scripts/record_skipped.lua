@@ -9,7 +9,6 @@ redis.call('HSET', KEYS[1], 'status', 'skipped', 'created_at', ARGV[2], 'ended_a
            'attempt', '0', 'error', ARGV[4], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('PEXPIRE', KEYS[3], ARGV[3])
+list_run(KEYS[3], ARGV[1], ARGV[3])
 notify_done(KEYS[4], 'skipped')
 return 1
