@@ -107,6 +107,8 @@ def test_records_are_written_in_the_layout_the_setting_names(
             assert {"function", "queue"} <= fields and "meta" not in fields, fields
         else:
             assert {"meta", "events"} <= fields and "function" not in fields, fields
+    listed = state_client.type(fanout.store.keys.event_runs(event_id))
+    assert listed == ("hash" if compact else "set")
     # Read the same either way.
     run = fanout.get_run(run_id)
     assert [s.status for s in run.steps].count("completed") >= 5

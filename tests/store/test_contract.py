@@ -617,11 +617,15 @@ def test_a_run_record_is_read_alike_in_either_layout(redis_url: str, written: st
         # What the layout is for: a run of small values is a Redis listpack.
         small = client.object("encoding", reader.keys.run(runs[0].run_id))
         fields = set(client.hkeys(reader.keys.run(runs[0].run_id)))
+        listed = client.type(reader.keys.event_runs(odd["id"], reader.keys.shard_of(
+            runs[0].run_id)))
         if written == "compact":
             assert small == "listpack" and "meta" not in fields and "events" not in fields
             assert "task" not in fields  # named by default: read back from the function
+            assert listed == "hash"
         else:
             assert {"meta", "events"} <= fields and "event" not in fields
+            assert listed == "set"  # as processes of 0.1 read it
     finally:
         writer.close()
         reader.close()

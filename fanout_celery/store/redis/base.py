@@ -39,8 +39,10 @@ class RedisBase:
                  client: redis.Redis[str] | None = None,
                  options: dict[str, Any] | None = None, compact: bool = True) -> None:
         self.url = url
-        # Run records in the compact layout (False: the earlier one; see static_fields).
+        # Run records in the compact layout (False: the earlier one; see static_fields),
+        # and so an event's run list, a hash or a set (scripts/prelude.lua: list_run).
         self.compact = compact
+        self.as_set = "" if compact else "1"
         self.prefix = prefix
         self.options = dict(options or {})
         # A Redis Cluster: sharded keys, and pipelines executed in ordered phases (a

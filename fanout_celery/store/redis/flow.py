@@ -122,7 +122,7 @@ class FlowOps(RedisBase):
                  k.function_runs(run.function_id, shard),
                  k.event_runs(run.event_ids[0], shard)],
                 [mode, new_id, now, period_ms, "" if cap_ms is None else cap_ms,
-                 max_size, event, pack_meta(run.meta), retention_ms, pending])
+                 max_size, event, pack_meta(run.meta), retention_ms, pending, self.as_set])
             if raw[0] != "retry":  # else another sender changed the buffer: read it again
                 return str(raw[0]), str(raw[1])
 

@@ -55,7 +55,7 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
         pipe = self.pipeline()
         for shard, (evs, indexes) in by_shard.items():
             keys: list[str] = [k.dispatch(shard), k.events(shard)]
-            args: list[Any] = [now, dispatch_deadline, keep_events_ms, len(evs)]
+            args: list[Any] = [self.as_set, dispatch_deadline, keep_events_ms, len(evs)]
             for ev in evs:
                 keys.append(k.event(ev["id"]))
                 args += [ev["id"], encoded[id(ev)][1]]
@@ -90,7 +90,7 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
             pipe = self.pipeline()
             for run, eid in extra:
                 self.scripts.list_runs.queue(pipe, [k.event_runs(eid, k.shard_of(run.run_id))],
-                                             [keep_events_ms, run.run_id])
+                                             [keep_events_ms, self.as_set, run.run_id])
             execute(pipe, self.scripts, self.client)
         return Created(created, waiters)
 
@@ -104,7 +104,8 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
             self.scripts.record_skipped.queue(
                 pipe, [k.run(run.run_id), k.function_runs(run.function_id, shard),
                        k.event_runs(run.event_ids[0], shard), k.done(run.run_id)],
-                [run.run_id, now, retention_ms, error, *static_fields(run, self.compact)])
+                [run.run_id, now, retention_ms, error, self.as_set,
+                 *static_fields(run, self.compact)])
         execute(pipe, self.scripts, self.client)
 
     def create_rerun(self, run: NewRun, steps: dict[str, str], *, now: int,
@@ -123,7 +124,7 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
         pipe.zadd(k.function_runs(run.function_id, shard), {run.run_id: now})
         for eid in run.event_ids:
             self.scripts.list_runs.queue(pipe, [k.event_runs(eid, shard)],
-                                         [retention_ms, run.run_id])
+                                         [retention_ms, self.as_set, run.run_id])
         execute(pipe, self.scripts, self.client)
 
     def confirm_dispatched(self, run_ids: Sequence[str], redispatch_at: int) -> None:

@@ -7,7 +7,7 @@
 -- ARGV: 1 mode ('debounce' | 'batch'), 2 new run id, 3 now_ms, 4 period ms (debounce
 --       quiet period / batch timeout), 5 cap ms (debounce timeout, '' = none),
 --       6 max batch size, 7 event json, 8 new run meta json, 9 retention ms,
---       10 the pending run id the caller read ('' = none)
+--       10 the pending run id the caller read ('' = none), 11 list runs in a set ('1' or '')
 -- Returns {run_id, 'new'|'added'|'full'} ('full': a batch reached its size, enqueue it
 -- now) or {'retry'}.
 local now = tonumber(ARGV[3])
@@ -25,7 +25,7 @@ if run then
     end
     redis.call('HSET', run_key, 'events', events)
     local count = redis.call('HINCRBY', KEYS[1], 'count', 1)
-    list_run(KEYS[6], run, ARGV[9])
+    list_run(KEYS[6], run, ARGV[9], ARGV[11])
     if ARGV[1] == 'batch' then
       if count >= tonumber(ARGV[6]) then
         redis.call('DEL', KEYS[1])
@@ -51,7 +51,7 @@ redis.call('HSET', KEYS[3], 'status', 'queued', 'created_at', now, 'attempt', '0
            'meta', ARGV[8], 'events', '[' .. ARGV[7] .. ']', 'wake_at', wake)
 redis.call('ZADD', KEYS[4], wake, ARGV[2])
 redis.call('ZADD', KEYS[5], now, ARGV[2])
-list_run(KEYS[6], ARGV[2], ARGV[9])
+list_run(KEYS[6], ARGV[2], ARGV[9], ARGV[11])
 if ARGV[1] == 'batch' and tonumber(ARGV[6]) <= 1 then
   redis.call('DEL', KEYS[1])
   redis.call('ZADD', KEYS[4], now, ARGV[2])

@@ -5,7 +5,8 @@
 -- again while that list lives (the dedupe window). One call per chunk: one round trip.
 -- KEYS: 1 dispatch, 2 events index, then one key per event (its record), then three per
 --       run (run, function_runs, event_runs)
--- ARGV: 1 now_ms (unused: the server's clock dates runs and events), 2 dispatch_deadline_ms, 3 keep_events_ms, 4 event count, then per event
+-- ARGV: 1 '1' to list runs under their event in a set (prelude.lua: list_run), else '',
+--       2 dispatch_deadline_ms, 3 keep_events_ms, 4 event count, then per event
 --       (id, json), then per run (run_id, n, then its n static fields' names and values:
 --       store/redis/base.py, static_fields)
 -- Returns, per run, 1 if this call created it, else 0.
@@ -29,7 +30,7 @@ while a <= #ARGV do
                unpack(ARGV, a + 2, a + 1 + n))
     redis.call('ZADD', KEYS[1], deadline, run_id)
     redis.call('ZADD', KEYS[k + 1], now, run_id)
-    list_run(KEYS[k + 2], run_id, keep)
+    list_run(KEYS[k + 2], run_id, keep, ARGV[1])
     out[i] = 1
   end
   a = a + 2 + n

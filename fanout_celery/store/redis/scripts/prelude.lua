@@ -37,9 +37,10 @@ end
 
 -- The runs an event started (keys.py: event_runs): a hash of run id -> '', which Redis 7.0
 -- keeps as a listpack while small (it keeps a set of strings as a hash table); a set
--- when written before this layout, and then until it expires.
-local function list_run(key, run_id, ttl)
-  if redis.call('TYPE', key).ok == 'set' then
+-- when written before this layout, and then until it expires, or when as_set is '1'
+-- (fanout_compact_records = False: the layout processes of 0.1 read).
+local function list_run(key, run_id, ttl, as_set)
+  if as_set == '1' or redis.call('TYPE', key).ok == 'set' then
     redis.call('SADD', key, run_id)
   else
     redis.call('HSET', key, run_id, '')
