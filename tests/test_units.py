@@ -3,6 +3,7 @@ settings and cron parsing. No Redis, no worker."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from datetime import timedelta
@@ -22,7 +23,7 @@ from fanout_celery.model.cron import parse_cron
 from fanout_celery.model.definition import Subscription
 from fanout_celery.model.events import dumps, now_ms, prepare, prepare_batch
 from fanout_celery.model.patterns import check_pattern, matches, resolve_path
-from fanout_celery.model.records import pack_step, step_status, unpack_step
+from fanout_celery.model.records import new_run, pack_step, step_status, unpack_step
 from fanout_celery.model.retry import retry_at_ms
 from fanout_celery.model.settings import Settings, redact_url
 from fanout_celery.store.memory import MemoryStore
@@ -514,3 +515,39 @@ def test_a_function_declared_while_a_send_routes_its_name_is_seen_by_the_next_se
     assert [s.function_id for s in router.subscribers(event)] == ["f1"]
     router._snapshot = snapshot  # type: ignore[method-assign]
     assert sorted(s.function_id for s in router.subscribers(event)) == ["f1", "f2"]
+
+
+# -- run records as the Redis store lays them out ---------------------------------------
+@pytest.mark.parametrize("event", [
+    {"name": "app/x", "data": {"a": [1, "é"]}, "id": "01ab", "ts": 1_796_000_000_000},
+    {"name": "app/x", "data": {}, "id": 'a "quoted" \\ id\n', "ts": 5, "user": {"u": 1}},
+    {"id": "only-id", "ts": 7.5},
+], ids=["plain", "odd-id", "no-body"])
+def test_an_event_split_for_a_compact_run_reads_back_whole(event):
+    from fanout_celery.store.redis.base import encode_event, expand, static_fields
+
+    body, whole = encode_event(event)
+    assert json.loads(whole) == event
+    assert "id" not in json.loads(body) and "ts" not in json.loads(body)
+    run = new_run(Subscription("f", ("app/x",), task="fanout.f", queue="q"),
+                  [{**event, "name": event.get("name", "app/x")}])
+    fields = static_fields(run)
+    raw = dict(zip(fields[::2], fields[1::2], strict=True))
+    assert "task" not in raw  # the default task name is read back from the function
+    read = expand(raw)
+    assert json.loads(read["events"]) == list(run.events)
+    assert read["task"] == "fanout.f" and read["queue"] == "q"
+
+
+def test_a_run_of_several_events_keeps_them_as_a_list():
+    from fanout_celery.store.redis.base import expand, static_fields
+
+    sub = Subscription("f", ("app/x",), task="tasks.named")
+    run = new_run(sub, [{"name": "app/x", "id": "1", "ts": 1}, {"name": "app/x", "id": "2",
+                                                                 "ts": 2}])
+    fields = static_fields(run)
+    raw = dict(zip(fields[::2], fields[1::2], strict=True))
+    assert raw["events"] == run.events_json and raw["task"] == "tasks.named"
+    assert expand(dict(raw))["events"] == run.events_json
+    earlier = static_fields(run, compact=False)
+    assert earlier[0] == "meta" and json.loads(earlier[1])["task"] == "tasks.named"
