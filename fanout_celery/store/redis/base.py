@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,15 +106,14 @@ class RedisBase:
 ROUTE_FIELDS = ("task", "queue", "event_name", "parent_task", "root_task", "priority",
                 "function")
 EVENT_FIELDS = ("events", "event", "event_id", "event_ts")
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(..., separators)
 _LAID_OUT = HOT_FIELDS | {"meta", *EVENT_FIELDS}
-_PLAIN_ID = re.compile(r"[A-Za-z0-9_.:-]*\Z").match
 
 
 def encode_event(event: dict[str, Any]) -> tuple[str, str]:
     """An event's JSON without its id and time (a compact run's "event"), and whole
     (its record): encoded once, the second from the first."""
-    body = json.dumps({k: v for k, v in event.items() if k != "id" and k != "ts"},
-                      separators=(",", ":"))
+    body = _encode({k: v for k, v in event.items() if k != "id" and k != "ts"})
     return body, _joined(body, event["id"], _ts_text(event["ts"]))
 
 
@@ -124,7 +122,8 @@ def _ts_text(ts: Any) -> str:
 
 
 def _joined(body: str, event_id: str, ts_text: str) -> str:
-    quoted = f'"{event_id}"' if _PLAIN_ID(event_id) else json.dumps(event_id)
+    quoted = f'"{event_id}"' if event_id.isalnum() and event_id.isascii() \
+        else json.dumps(event_id)
     sep = "," if body != "{}" else ""
     return f'{body[:-1]}{sep}"id":{quoted},"ts":{ts_text}}}'
 
@@ -132,16 +131,32 @@ def _joined(body: str, event_id: str, ts_text: str) -> str:
 def static_fields(run: NewRun, compact: bool = True, body: str | None = None) -> list[str]:
     """The fields a new run's hash starts with, flat (name, value, ...), besides its
     status, creation time and attempt; ``body``: its one event's ``encode_event()[0]``."""
+    own = event_fields(run, compact, body)
+    if len(own) == 2:
+        return [*shared_fields(run, compact), "events", own[1]]
+    return [*shared_fields(run, compact), "event", own[1], "event_id", own[2],
+            "event_ts", own[3]]
+
+
+def shared_fields(run: NewRun, compact: bool = True) -> tuple[str, ...]:
+    """The static fields the runs of a fan-out share (all but the events), flat; one
+    tuple for all of them (cached)."""
     if not compact:
-        return ["meta", pack_meta(run.meta), "events", run.events_json]
+        return ("meta", pack_meta(run.meta))
+    return _inline(tuple(run.meta.items()))
+
+
+def event_fields(run: NewRun, compact: bool = True, body: str | None = None) -> list[str]:
+    """A run's events as create_runs.lua takes them: ``["1", body, id, ts]`` for its one
+    event in the compact layout ("event", "event_id", "event_ts"), else
+    ``["0", events json]`` ("events")."""
     events = run.events
-    if len(events) != 1 or "id" not in events[0] or "ts" not in events[0]:
-        return [*_inline(tuple(run.meta.items())), "events", run.events_json]
+    if not compact or len(events) != 1 or "id" not in events[0] or "ts" not in events[0]:
+        return ["0", run.events_json]
     ev = events[0]
     if body is None:
         body = encode_event(ev)[0]
-    return [*_inline(tuple(run.meta.items())), "event", body, "event_id", ev["id"],
-            "event_ts", _ts_text(ev["ts"])]
+    return ["1", body, ev["id"], _ts_text(ev["ts"])]
 
 
 @functools.lru_cache(maxsize=1024)

@@ -18,12 +18,14 @@ from .base import (
     EVENT_FIELDS,
     RedisBase,
     encode_event,
+    event_fields,
     events_of,
     expand,
     fenced,
     flat,
     pairs,
     resolution,
+    shared_fields,
     static_fields,
 )
 from .events import EventOps
@@ -59,13 +61,21 @@ class RedisStore(QueryOps, FlowOps, EventOps, TimerOps, RedisBase):
             for ev in evs:
                 keys.append(k.event(ev["id"]))
                 args += [ev["id"], encoded[id(ev)][1]]
+            # The static fields a fan-out's runs share, passed once for all of them.
+            shared: dict[tuple[str, ...], int] = {}
+            per_run: list[Any] = []
             for i in indexes:
                 run = runs[i]
                 keys += [k.run(run.run_id), k.function_runs(run.function_id, shard),
                          k.event_runs(run.event_ids[0], shard)]
                 alone = encoded.get(id(run.events[0])) if len(run.events) == 1 else None
-                fields = static_fields(run, compact, alone and alone[0])
-                args += [run.run_id, len(fields), *fields]
+                fields = shared_fields(run, compact)
+                ref = shared.setdefault(fields, len(shared) + 1)
+                per_run += [run.run_id, ref, *event_fields(run, compact, alone and alone[0])]
+            args.append(len(shared))
+            for fields in shared:
+                args += [len(fields), *fields]
+            args += per_run
             self.scripts.create_runs.queue(pipe, keys, args)
         # After the events are stored: a wait registered between the two would otherwise
         # find the ids in `recent` but not the events.

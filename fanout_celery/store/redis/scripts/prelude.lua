@@ -38,9 +38,11 @@ end
 -- The runs an event started (keys.py: event_runs): a hash of run id -> '', which Redis 7.0
 -- keeps as a listpack while small (it keeps a set of strings as a hash table); a set
 -- when written before this layout, and then until it expires, or when as_set is '1'
--- (fanout_compact_records = False: the layout processes of 0.1 read).
-local function list_run(key, run_id, ttl, as_set)
-  if as_set == '1' or redis.call('TYPE', key).ok == 'set' then
+-- (fanout_compact_records = False: the layout processes of 0.1 read) and there is no
+-- list yet. kind: the key's TYPE, when the caller read it.
+local function list_run(key, run_id, ttl, as_set, kind)
+  kind = kind or redis.call('TYPE', key).ok
+  if kind == 'set' or (kind == 'none' and as_set == '1') then
     redis.call('SADD', key, run_id)
   else
     redis.call('HSET', key, run_id, '')
@@ -48,9 +50,8 @@ local function list_run(key, run_id, ttl, as_set)
   redis.call('PEXPIRE', key, ttl)
 end
 
-local function is_listed(key, run_id)
-  if redis.call('TYPE', key).ok == 'set' then
-    return redis.call('SISMEMBER', key, run_id) == 1
-  end
+local function is_listed(key, run_id, kind)
+  if kind == 'none' then return false end
+  if kind == 'set' then return redis.call('SISMEMBER', key, run_id) == 1 end
   return redis.call('HEXISTS', key, run_id) == 1
 end
