@@ -92,11 +92,12 @@ class RedisBase:
 
 
 # -- a run record's static fields, as stored (keys.py: run) -----------------------------
-# The compact layout (the default): each static field is a field of the run's hash, and a
-# run of one event keeps it as "event", its JSON without its id and time, which are
-# fields of their own. A run of small values then stays a Redis listpack (values of at
-# most hash-max-listpack-value, 64 bytes by default): about 370 B where a hash table of
-# the same fields takes about 930 B (BENCHMARKS.md, figure 6). The earlier layout, which
+# The compact layout (the default): each static field is a field of the run's hash (but
+# a task named by default), and a run of one event keeps it as "event", its JSON without
+# its id and time, which are fields of their own. A run of small values then stays a
+# Redis listpack (values of at most hash-max-listpack-value, 64 bytes by default): 488 B
+# for a completed run where the earlier layout's hash table took 944 B (BENCHMARKS.md,
+# figure 6). The earlier layout, which
 # workers of 0.1 read (fanout_compact_records = False writes it), and batches and
 # debounces still write: the static fields in one JSON field, "meta", and "events", the
 # JSON list of the trigger events. Both are read, by ``expand`` and ``route_of``.
@@ -200,11 +201,9 @@ def events_of(values: Sequence[str | None]) -> str | None:
     return events
 
 
-def route_of(raw: Sequence[str | None] | str) -> Route:
+def route_of(raw: Sequence[str | None]) -> Route:
     """A run's route, from what ``route`` in scripts/prelude.lua returns (the earlier
-    layout's "meta", then ``ROUTE_FIELDS``), or from a "meta" field alone."""
-    if isinstance(raw, str):
-        return route_of_meta(json.loads(raw) if raw else {})
+    layout's "meta", then ``ROUTE_FIELDS``)."""
     meta = json.loads(raw[0]) if raw[0] else {}
     for name, value in zip(ROUTE_FIELDS, raw[1:], strict=True):
         if value is not None:
