@@ -524,10 +524,11 @@ def test_a_function_declared_while_a_send_routes_its_name_is_seen_by_the_next_se
     {"id": "only-id", "ts": 7.5},
 ], ids=["plain", "odd-id", "no-body"])
 def test_an_event_split_for_a_compact_run_reads_back_whole(event):
-    from fanout_celery.store.redis.base import encode_event, expand, static_fields
+    from fanout_celery.store.redis.base import encode_event, expand, read_event, static_fields
 
-    body, whole = encode_event(event)
-    assert json.loads(whole) == event
+    body, record = encode_event(event)
+    assert "id" not in json.loads(record) and read_event(event["id"], record) == event
+    assert read_event("other", json.dumps(event)) == event  # a record with its id
     assert "id" not in json.loads(body) and "ts" not in json.loads(body)
     run = new_run(Subscription("f", ("app/x",), task="fanout.f", queue="q"),
                   [{**event, "name": event.get("name", "app/x")}])

@@ -112,10 +112,19 @@ _LAID_OUT = HOT_FIELDS | {"meta", *EVENT_FIELDS}
 
 
 def encode_event(event: dict[str, Any]) -> tuple[str, str]:
-    """An event's JSON without its id and time (a compact run's "event"), and whole
-    (its record): encoded once, the second from the first."""
+    """An event's JSON without its id and time (a compact run's "event"), and its record
+    (keys.py: event), which leaves out only the id its key names: encoded once, the
+    second from the first."""
     body = _encode({k: v for k, v in event.items() if k != "id" and k != "ts"})
-    return body, _joined(body, event["id"], _ts_text(event["ts"]))
+    sep = "," if body != "{}" else ""
+    return body, f'{body[:-1]}{sep}"ts":{_ts_text(event["ts"])}}}'
+
+
+def read_event(event_id: str, record: str) -> dict[str, Any]:
+    """An event from its record (written with its id before the record left it out)."""
+    event: dict[str, Any] = json.loads(record)
+    event.setdefault("id", event_id)
+    return event
 
 
 def _ts_text(ts: Any) -> str:

@@ -182,7 +182,8 @@ class Keys:
         return self._in(shard, "events") if self.shards else f"{self.prefix}:events"
 
     def event(self, event_id: str) -> str:
-        """String: the stored event (JSON), kept for the retention period."""
+        """String: the stored event (JSON, without the id this key names: base.py,
+        read_event), kept for the retention period."""
         if self.shards:
             return self._in(self.event_shard(event_id), f"event:{event_id}")
         return f"{self.prefix}:event:{event_id}"

@@ -3,13 +3,12 @@ subscriptions."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from ..port import Waiters
 from .aio import AsyncRedisReader
-from .base import RedisBase, expand
+from .base import RedisBase, expand, read_event
 from .lua import execute
 
 
@@ -93,7 +92,7 @@ class QueryOps(RedisBase):
         out: list[dict[str, Any] | None] = []
         for event_id in event_ids:
             found = raw.get(event_id)
-            out.append(None if found is None else dict(json.loads(found)))
+            out.append(None if found is None else read_event(event_id, found))
         return out
 
     def trim_history(self, function_ids: Iterable[str], older_than: int) -> None:
