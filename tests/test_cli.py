@@ -728,10 +728,11 @@ def test_a_reruns_waterfall_stays_on_its_lines_and_marks_the_reused_steps(
         fanout.wait_for_run(again, timeout=20)
         out = ok(app, "run", again)
     assert f"  rerun of  {first}  from step s3" in out
+    assert [s.reused for s in fanout.get_run(again).steps] == [True, True, False]
     bars = [line for line in out.splitlines() if line.startswith(("s1 ", "s2 ", "s3 "))]
     assert len(bars) == 3 and all(len(line) < 120 for line in bars), bars
-    assert all(f"reused from run {first}" in line for line in bars[:2])
-    assert "queued -" not in out and "█" in bars[2]
+    assert all(f"reused from run {first}" in line for line in bars[:2]), out
+    assert "queued -" not in out and "█" in bars[2], out
 
 
 def test_a_cancelled_runs_sleep_is_shown_ended_not_waiting(app, fanout, worker, nappers):

@@ -91,7 +91,9 @@ def waterfall(run: Run, width: int = 40) -> Table | Text:
     grid.add_column("timing", overflow="fold")
     previous = origin
     for step in run.steps:
-        if step.started_at is not None and step.started_at.timestamp() < origin - 1e-3:
+        # Reruns before the mark: a step that started before the run was created.
+        if step.reused or (step.started_at is not None
+                           and step.started_at.timestamp() < origin - 1e-3):
             grid.add_row(step.id, f"|{'':<{width}}|", f"reused from run {run.rerun_of or '?'}")
             continue
         start = step.started_at.timestamp() if step.started_at else previous

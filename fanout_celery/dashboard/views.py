@@ -74,7 +74,7 @@ def waterfall(node: RunNode) -> tuple[list[Bar], str]:
         bars.append(Bar("queued", "queued", left, width, "queue", seconds((first - start) / 1000)))
     for step in run.steps:
         a, b = ms(step.started_at), ms(step.ended_at)
-        reused = a is not None and a < start
+        reused = step.reused or (a is not None and a < start)
         left, width = (0.0, 0.4) if reused else place(a, b if b else None)
         kind = "wait" if step.kind in ("sleep", "wait_for_event", "invoke", "parallel") \
             else "run"

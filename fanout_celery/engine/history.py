@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import FanoutError, RunTimeoutError, UnknownFunctionError
 from ..model.events import derived_id, now_ms
 from ..model.history import run_from_record
-from ..model.records import FINAL, NewRun, new_run
+from ..model.records import FINAL, NewRun, new_run, pack_step, unpack_step
 from ..model.runs import Run, RunNode
 from ..model.settings import Settings
 from ..store.port import Store
@@ -266,7 +266,9 @@ class History:
         for step in run.steps:
             if step.id == from_step or step.status != "completed":
                 break
-            keep[step.id] = steps[step.id]
+            # Marked, so that views tell it from the steps the rerun executes.
+            keep[step.id] = pack_step({**unpack_step(steps[step.id]), "reused": True},
+                                      self.settings.compact_records)
         extra = {"rerun_of": run_id, **({"rerun_from": from_step} if from_step else {})}
         fresh: NewRun = new_run(sub, run.events, extra=extra,
                                 run_id=derived_id(run_id, "rerun", uuid.uuid4().hex))

@@ -46,6 +46,9 @@ class StepRecord:
     # ``MAX_EARLIER_ERRORS``): each with its ``attempt`` number, ``type``, ``message``,
     # ``traceback`` (shortened) and ``started_at``/``ended_at`` (epoch ms).
     earlier_errors: list[dict[str, Any]] = field(default_factory=list)
+    # Copied from the run a rerun reruns, not executed by this run (its times are that
+    # run's).
+    reused: bool = False
 
     @classmethod
     def from_json(cls, step_id: str, raw: str) -> tuple[tuple[int, int], StepRecord]:
@@ -56,7 +59,7 @@ class StepRecord:
             id=step_id, status=rec["status"], output=rec.get("output"), error=rec.get("error"),
             attempts=rec.get("attempts", 0), started_at=_time(rec.get("started_at")),
             ended_at=_time(rec.get("ended_at")), kind=rec.get("kind", "run"), detail=detail,
-            earlier_errors=list(rec.get("errors") or []),
+            earlier_errors=list(rec.get("errors") or []), reused=bool(rec.get("reused")),
         )
 
     @property
