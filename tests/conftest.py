@@ -21,11 +21,32 @@ from support import STATE_MODE, configure_app
 from fanout_celery import Fanout
 
 
+def _resolved_versions() -> str:
+    """The package and the versions this run resolved to (the version envs differ here)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import fanout_celery
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "none"
+
+    origin = "an installed wheel" if "site-packages" in fanout_celery.__file__ \
+        else "the checkout"
+    return f"fanout_celery {fanout_celery.__version__} from {origin}; " + ", ".join(
+        f"{name} {installed(name)}" for name in (
+            "celery", "kombu", "redis", "billiard", "click", "croniter", "pydantic", "rich",
+            "hiredis"))
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    """Which server the session runs on, so a run says what it tested."""
+    """What the session tests: the versions it resolved and the server it runs on."""
     from fanout_celery.devtools.binaries import find_redis_server, server_version
 
-    state = ["fanout state: on a local 3-master Redis Cluster (FANOUT_TEST_STATE=cluster)"
+    state = [_resolved_versions(),
+             "fanout state: on a local 3-master Redis Cluster (FANOUT_TEST_STATE=cluster)"
              if STATE_MODE == "cluster" else "fanout state: on the session's Redis"]
     url = os.environ.get("FANOUT_TEST_REDIS_URL", "").strip()
     if url:

@@ -10,11 +10,11 @@ import inspect
 import re
 from pathlib import Path
 
-import fanout_celery
 from fanout_celery import Fanout
 
-PACKAGE = Path(fanout_celery.__file__).parent
-ROOT = PACKAGE.parent
+# The source in the repository (src/ layout), whichever copy of the package the tests import
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "src" / "fanout_celery"
 MAX_LINES = 400
 
 

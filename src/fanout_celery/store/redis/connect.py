@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -64,16 +65,38 @@ BACKOFF_CAP = 2.0
 class StateRetry(Retry):
     """redis-py's ``Retry``, retrying only what ``is_transient`` calls transient: not a
     refused login (``REFUSED``), which redis-py counts among connection errors, so it
-    would back off for seconds."""
+    would back off for seconds.
+
+    The loop is written here rather than inherited: redis-py 5.x calls
+    ``call_with_retry(do, fail)``, 7.2 and later add ``is_retryable`` and
+    ``with_failure_count``, and Celery 5.4 and 5.5 pin redis-py below 6. This one takes
+    both forms, so the state client works beside every redis-py a supported Celery
+    resolves to."""
 
     def call_with_retry(self, do: Callable[[], T], fail: Callable[..., Any],
                         is_retryable: Callable[[Exception], bool] | None = None,
                         with_failure_count: bool = False) -> T:
-        def retryable(error: Exception) -> bool:
-            return is_transient(error) and (is_retryable is None or is_retryable(error))
-
-        return super().call_with_retry(do, fail, retryable,  # type: ignore[call-arg]
-                                       with_failure_count)
+        # Retry's own fields, the same from redis-py 5.0 to 8.x (the stubs omit them).
+        fields: Any = self
+        fields._backoff.reset()
+        failures = 0
+        while True:
+            try:
+                return do()
+            except fields._supported_errors as error:
+                retry = is_transient(error) and (is_retryable is None or is_retryable(error))
+                failures += 1
+                # The failure handler runs before a refusal is raised as well: it is
+                # where the connection is closed (and a pipeline's WATCH forgotten).
+                if with_failure_count:
+                    fail(error, failures)
+                else:
+                    fail(error)
+                if not retry or (fields._retries >= 0 and failures > fields._retries):
+                    raise error
+                pause = fields._backoff.compute(failures)
+                if pause > 0:
+                    time.sleep(pause)
 
 
 def retry_policy() -> Retry:

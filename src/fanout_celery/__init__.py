@@ -41,7 +41,7 @@ from .model.typed import EventType
 from .runtime.context import Context
 from .runtime.step import Step
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Batch",
