@@ -15,6 +15,8 @@ from typing import Any
 
 from celery import bootsteps
 
+from ..errors import ConfigurationError
+
 from .host import Host, host_for
 from .task import ParkedLogFilter
 from .transport import use_guarded_transport
@@ -116,6 +118,24 @@ def add_worker_option(app: Any) -> None:
         help_group="Fanout Options"))
 
 
+# The pools a worker of durable functions is tested on. Eventlet is deprecated upstream
+# (Celery's docs and eventlet's own) and its monkey-patching of threads and locks is not
+# tested here, so a worker on it refuses to start rather than fail later in a step.
+SUPPORTED_POOLS = ("prefork", "threads", "solo", "gevent")
+
+
+def refuse_unsupported_pool(worker: Any) -> None:
+    """Raise ``ConfigurationError`` for a worker on the eventlet pool, before it
+    consumes anything."""
+    pool = getattr(worker, "pool_cls", None)
+    where = f"{getattr(pool, '__module__', '')}.{getattr(pool, '__name__', pool)}"
+    if "eventlet" in where.lower():
+        raise ConfigurationError(
+            "fanout_celery does not support the eventlet pool (deprecated upstream): "
+            f"start this worker with --pool {', '.join(SUPPORTED_POOLS[:-1])} or "
+            f"{SUPPORTED_POOLS[-1]}")
+
+
 class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Worker bootstep that runs the pump of the app's ``Fanout`` (unless the worker
     was started ``--without-fanout-pump`` or ``fanout_pump`` is False); at worker init
@@ -127,6 +147,12 @@ class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def __init__(self, worker: Any, without_fanout_pump: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
+        if host_for(worker.app) is not None:
+            try:
+                refuse_unsupported_pool(worker)
+            except ConfigurationError as error:
+                # One line on the worker's console, not a traceback, and exit code 1.
+                raise SystemExit(str(error)) from None
         self.pump: PumpThread | None = None
         self.without_pump = bool(without_fanout_pump)
         if host_for(worker.app) is not None:
