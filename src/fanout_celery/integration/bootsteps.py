@@ -16,7 +16,6 @@ from typing import Any
 from celery import bootsteps
 
 from ..errors import ConfigurationError
-
 from .host import Host, host_for
 from .task import ParkedLogFilter
 from .transport import use_guarded_transport
