@@ -101,9 +101,9 @@ class WorkerProcess:
 
 def worker_command(app: str, pool: str, concurrency: int, token: str,
                    events: bool = False, queues: str | None = None,
-                   extra: tuple[str, ...] = ()) -> list[str]:
+                   extra: tuple[str, ...] = (), python: str | None = None) -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", app, "worker",
+        python or sys.executable, "-m", "celery", "-A", app, "worker",
         f"--pool={pool}", f"--concurrency={concurrency}", "-l", "warning",
         "-n", f"{token}@%h",
         # Mingle alone waits a second for replies at start; none of these are needed.
@@ -121,7 +121,8 @@ def worker_process(redis_url: str, *, pool: str = "threads", concurrency: int = 
                    events: bool = False, queues: str | None = None,
                    extra: tuple[str, ...] = (),
                    broker_url: str | None = None,
-                   env: dict[str, str] | None = None) -> Iterator[WorkerProcess]:
+                   env: dict[str, str] | None = None,
+                   python: str | None = None) -> Iterator[WorkerProcess]:
     """Run a worker of ``app`` against ``redis_url`` until the block ends (with task
     events when ``events``, like ``celery worker -E``; consuming ``queues``, a
     comma-separated list, instead of the default queue when given; ``extra``: more
@@ -146,7 +147,8 @@ def worker_process(redis_url: str, *, pool: str = "threads", concurrency: int = 
     log_path = Path(name)
     with os.fdopen(fd, "wb") as log:
         proc = subprocess.Popen(
-            worker_command(app, pool, concurrency, token, events, queues, extra), cwd=REPO_ROOT,
+            worker_command(app, pool, concurrency, token, events, queues, extra, python),
+            cwd=REPO_ROOT,
             env=environment,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
