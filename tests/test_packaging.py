@@ -8,30 +8,31 @@ import tomllib
 from importlib.metadata import metadata, version
 from pathlib import Path
 
+from packaging.version import Version
+
 import fanout_celery
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
-def _floors() -> dict[str, str]:
+def _floors() -> dict[str, Version]:
     floors = {}
     for requirement in PROJECT["dependencies"]:
         match = re.match(r"^([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*>=\s*([0-9.]+)", requirement)
         assert match, f"{requirement!r} has no floor: every range is tested from its floor"
         name, floor = match.groups()
-        parts = floor.split(".")
-        floors[name.lower()] = ".".join(parts + ["0"] * (3 - len(parts)))
+        floors[name.lower()] = Version(floor)
     return floors
 
 
-def _pins(path: Path) -> dict[str, str]:
+def _pins(path: Path) -> dict[str, Version]:
     pins = {}
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
-        if line:
+        if "==" in line:
             name, _, pinned = line.partition("==")
-            pins[name.strip().lower()] = pinned.strip()
+            pins[name.strip().lower()] = Version(pinned.strip())
     return pins
 
 
