@@ -146,15 +146,14 @@ class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def __init__(self, worker: Any, without_fanout_pump: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
+        self.pump: PumpThread | None = None
+        self.without_pump = bool(without_fanout_pump)
         if host_for(worker.app) is not None:
             try:
                 refuse_unsupported_pool(worker)
             except ConfigurationError as error:
                 # One line on the worker's console, not a traceback, and exit code 1.
                 raise SystemExit(str(error)) from None
-        self.pump: PumpThread | None = None
-        self.without_pump = bool(without_fanout_pump)
-        if host_for(worker.app) is not None:
             use_guarded_transport(worker.app)
             # Pool processes send the final events of a run's earlier attempts when the
             # worker sends task events (-E); they read it from the app's configuration.
