@@ -16,7 +16,7 @@ from celery import Celery
 # Celery's own threaded worker fixture.
 from celery.contrib.pytest import celery_worker  # noqa: F401
 from celery.contrib.testing.worker import start_worker
-from support import STATE_MODE, configure_app
+from support import STATE_MODE, configure_app, in_ci
 
 from fanout_celery import Fanout
 
@@ -68,10 +68,6 @@ def redis_server(fanout_redis_server: str) -> str:
     return fanout_redis_server
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     """A headless Chromium driven by Selenium (Debian's ``chromium`` and
@@ -82,7 +78,7 @@ def browser() -> Iterator[Any]:
     driver_path = shutil.which("chromedriver")
     if not binary or not driver_path:
         message = "no chromium and chromedriver (Debian: apt-get install chromium chromium-driver)"
-        if _in_ci():
+        if in_ci():
             pytest.fail(f"CI is set but {message}")
         pytest.skip(message)
     from selenium import webdriver
@@ -115,7 +111,7 @@ def rabbitmq_url() -> Iterator[str]:
         node = rabbitmq_node()
         started = node.__enter__()
     except RuntimeError as exc:
-        if _in_ci():
+        if in_ci():
             pytest.fail(f"CI is set but RabbitMQ could not be started: {exc}")
         pytest.skip(f"no RabbitMQ: {exc}")
     try:
@@ -138,7 +134,7 @@ def redis_cluster() -> Iterator[str]:
     try:
         cluster = LocalCluster(masters=3, replicas=1).start()
     except RuntimeError as exc:
-        if _in_ci():
+        if in_ci():
             pytest.fail(f"CI is set but no local Redis Cluster could start: {exc}")
         pytest.skip(f"no local Redis Cluster: {exc}")
     try:

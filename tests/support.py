@@ -14,6 +14,11 @@ from celery import Celery
 STATE_MODE = os.environ.get("FANOUT_TEST_STATE", "").strip().lower()
 
 
+def in_ci() -> bool:
+    """Whether CI=true: there a missing server fails the tests that need it."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
 def configure_app(app: Celery, url: str) -> None:
     """Test settings: fast pump, short leases (crash tests resume quickly)."""
     app.conf.update(

